@@ -1,0 +1,1 @@
+"""Host daemon: sensors, attribution, sessions, sealer, spool and shipper (see DESIGN.md)."""

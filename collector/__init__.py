@@ -1,0 +1,1 @@
+"""Central service: ingest, store, API, transports, review and reports (see DESIGN.md)."""

@@ -1,0 +1,86 @@
+"""weightwarden's events: typed values inside, OCSF 1.3 JSON outside.
+
+Build events from the dataclasses, write them with :func:`encode`, :func:`to_json_line` or
+:func:`canonical_bytes` (what chains and signatures cover), and read any OCSF 1.x source
+with :func:`decode` or :func:`from_json_line`, which reject malformed input with an
+:class:`~weightwarden.errors.EventFormatError` naming the field. The OCSF mapping and the
+weightwarden extension keys are documented in :mod:`weightwarden.events._ocsf`.
+"""
+
+from weightwarden.events._model import (
+    Actor,
+    Analytic,
+    AnalyticType,
+    Attribution,
+    ComplianceFinding,
+    ComplianceStatus,
+    Contribution,
+    DetectionFinding,
+    Device,
+    Endpoint,
+    Event,
+    Explanation,
+    FileActivity,
+    FileActivityType,
+    FileRef,
+    FindingActivityType,
+    FindingStatus,
+    NetworkActivity,
+    NetworkActivityType,
+    Process,
+    ProcessActivity,
+    ProcessActivityType,
+    SealInfo,
+    SealStatus,
+    Severity,
+    User,
+    epoch_ms,
+)
+from weightwarden.events._ocsf import (
+    EXTENSION_KEY,
+    MAX_PROCESS_DEPTH,
+    OCSF_VERSION,
+    canonical_bytes,
+    decode,
+    encode,
+    from_json_line,
+    to_json_line,
+)
+
+__all__ = [
+    "EXTENSION_KEY",
+    "MAX_PROCESS_DEPTH",
+    "OCSF_VERSION",
+    "Actor",
+    "Analytic",
+    "AnalyticType",
+    "Attribution",
+    "ComplianceFinding",
+    "ComplianceStatus",
+    "Contribution",
+    "DetectionFinding",
+    "Device",
+    "Endpoint",
+    "Event",
+    "Explanation",
+    "FileActivity",
+    "FileActivityType",
+    "FileRef",
+    "FindingActivityType",
+    "FindingStatus",
+    "NetworkActivity",
+    "NetworkActivityType",
+    "Process",
+    "ProcessActivity",
+    "ProcessActivityType",
+    "SealInfo",
+    "SealStatus",
+    "Severity",
+    "User",
+    "canonical_bytes",
+    "decode",
+    "encode",
+    "epoch_ms",
+    "from_json_line",
+    "to_json_line",
+]
