@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS digests (
     PRIMARY KEY (path, params, start, "end")
 ) WITHOUT ROWID
 """
+
+RACY_WINDOW_NS = 100_000_000
+"""Files changed less than 100 ms ago are never cached (far above any timestamp tick)."""
 
 _Entry = tuple[tuple[int, int, int, int, int], bytes]
 
@@ -88,8 +92,9 @@ def default_cache_path(environ: dict[str, str] | os._Environ[str]) -> Path:
 class DigestCache:
     """Digests of file ranges, valid only for the exact file version they were made from."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, racy_window_ns: int = RACY_WINDOW_NS) -> None:
         self._path = path
+        self._racy_window_ns = racy_window_ns
         self._lock = threading.Lock()
         self._entries: dict[RangeKey, _Entry] = {}
         self._pending: dict[RangeKey, _Entry] = {}
@@ -135,7 +140,16 @@ class DigestCache:
             return None
 
     def put(self, key: RangeKey, *, stamp: FileStamp, digest: bytes) -> None:
-        """Remember a digest for this file version; written by :meth:`flush`."""
+        """Remember a digest for this file version; written by :meth:`flush`.
+
+        A file whose ctime is younger than the racy window (:data:`RACY_WINDOW_NS`) is not
+        cached: on a
+        filesystem with coarse timestamps a second write within the same clock tick would
+        keep the same ctime, and the entry would then vouch for content it never saw (git's
+        "racily clean" problem). Such a file is simply hashed again next time.
+        """
+        if time.time_ns() - stamp.ctime_ns < self._racy_window_ns:
+            return
         entry = (_stamp_tuple(stamp), digest)
         with self._lock:
             self._entries[key] = entry

@@ -253,8 +253,11 @@ def seal(
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Write the bundle through a temporary file and rename, so no reader sees half of it."""
     if not path.parent.is_dir():
         raise UsageError(f"cannot write signature {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--signature {path} is a folder: name a file")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -266,6 +269,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
             os.fsync(out.fileno())
         Path(tmp).chmod(0o644)
         Path(tmp).replace(path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"cannot write signature {path}: {exc.strerror}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -304,7 +310,7 @@ def verify(
         )
     try:
         statement = json.loads(check.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleFormatError(f"signed payload is not JSON: {exc}") from None
     expected = Manifest.from_statement(statement)
     sig_inside = _relative_inside(root, sig_path) if model_path.exists() else None

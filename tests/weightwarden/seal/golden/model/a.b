@@ -1,0 +1,1 @@
+a.b sorts after a/b
