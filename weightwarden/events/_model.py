@@ -43,6 +43,7 @@ __all__ = [
     "FileRef",
     "FindingActivityType",
     "FindingStatus",
+    "GpuUse",
     "NetworkActivity",
     "NetworkActivityType",
     "Process",
@@ -50,6 +51,7 @@ __all__ = [
     "ProcessActivityType",
     "SealInfo",
     "SealStatus",
+    "SessionPhase",
     "Severity",
     "User",
     "epoch_ms",
@@ -288,6 +290,24 @@ class SealInfo:
     detail: str | None = None
 
 
+class SessionPhase(enum.StrEnum):
+    """Where an access session stands when an event reports it."""
+
+    OPEN = "open"
+    PROGRESS = "progress"
+    """The file is still held; reported every progress interval."""
+    CLOSE = "close"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuUse:
+    """A process's hold on one GPU (from NVML)."""
+
+    index: int
+    uuid: str | None = None
+    used_memory: int | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Contribution:
     """One feature that pushed an anomaly score: its usual and its observed value."""
@@ -336,6 +356,10 @@ class FileActivity:
         canary: The file is a canary (honeypot): any access is suspicious.
         seal: What a seal check said about the file.
         copy_source: Path of the sealed file this one is a copy of (same digest).
+        session_phase: For session events: ``open``, ``progress`` (a file held a long
+            time) or ``close``.
+        related_paths: Other files this event concerns (the weights a GPU process holds).
+        gpu: The GPU, for an event about a process holding one.
     """
 
     uid: str
@@ -354,6 +378,9 @@ class FileActivity:
     canary: bool = False
     seal: SealInfo | None = None
     copy_source: str | None = None
+    session_phase: SessionPhase | None = None
+    related_paths: tuple[str, ...] = ()
+    gpu: GpuUse | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -68,6 +68,9 @@ File System Activity:
     ``seal`` ({``status``, ``uid``, ``detail``}): the seal check, ``status`` one of
     ``intact``, ``tampered``, ``unsealed``, ``unverified``.
     ``copy_source`` (str): path of the sealed file this file is a copy of.
+    ``session_phase`` (str): ``open``, ``progress`` or ``close`` for session events.
+    ``related_paths`` ([str]): other files the event concerns; written only when non-empty.
+    ``gpu`` ({``index``, ``uuid``, ``used_memory``}): the GPU a process holds.
 Process Activity:
     ``sensor`` (str).
 Network Activity:
@@ -113,6 +116,7 @@ from weightwarden.events._model import (
     FileRef,
     FindingActivityType,
     FindingStatus,
+    GpuUse,
     NetworkActivity,
     NetworkActivityType,
     Process,
@@ -120,6 +124,7 @@ from weightwarden.events._model import (
     ProcessActivityType,
     SealInfo,
     SealStatus,
+    SessionPhase,
     Severity,
     User,
 )
@@ -439,6 +444,14 @@ def _encode_file_activity(event: FileActivity) -> Json:
         _put(seal, "detail", event.seal.detail)
         ext["seal"] = seal
     _put(ext, "copy_source", event.copy_source)
+    _put(ext, "session_phase", None if event.session_phase is None else event.session_phase.value)
+    if event.related_paths:
+        ext["related_paths"] = list(event.related_paths)
+    if event.gpu is not None:
+        gpu: Json = {"index": event.gpu.index}
+        _put(gpu, "uuid", event.gpu.uuid)
+        _put(gpu, "used_memory", event.gpu.used_memory)
+        ext["gpu"] = gpu
     return _with_extension(out, ext)
 
 
@@ -856,6 +869,7 @@ def _decode_file_activity(root: _Fields) -> FileActivity:
         raise root.error("device", "an object with the hostname", _MISSING)
     ext = _extension(root)
     seal = ext.opt_obj("seal")
+    gpu = ext.opt_obj("gpu")
     file_result = root.opt_obj("file_result")
     return FileActivity(
         uid=header.uid,
@@ -880,6 +894,17 @@ def _decode_file_activity(root: _Fields) -> FileActivity:
             detail=seal.opt_string("detail"),
         ),
         copy_source=ext.opt_string("copy_source"),
+        session_phase=ext.str_enum("session_phase", SessionPhase)
+        if ext.present("session_phase")
+        else None,
+        related_paths=ext.strings("related_paths") if ext.present("related_paths") else (),
+        gpu=None
+        if gpu is None
+        else GpuUse(
+            index=gpu.integer("index"),
+            uuid=gpu.opt_string("uuid"),
+            used_memory=gpu.opt_integer("used_memory"),
+        ),
     )
 
 

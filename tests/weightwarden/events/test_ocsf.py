@@ -26,6 +26,7 @@ from weightwarden.events import (
     FileRef,
     FindingActivityType,
     FindingStatus,
+    GpuUse,
     NetworkActivity,
     NetworkActivityType,
     Process,
@@ -33,6 +34,7 @@ from weightwarden.events import (
     ProcessActivityType,
     SealInfo,
     SealStatus,
+    SessionPhase,
     Severity,
     User,
     canonical_bytes,
@@ -121,6 +123,11 @@ file_activities = st.builds(
         )
     ),
     copy_source=maybe(text),
+    session_phase=maybe(st.sampled_from(SessionPhase)),
+    related_paths=st.lists(text, max_size=3).map(tuple),
+    gpu=maybe(
+        st.builds(GpuUse, index=st.integers(0, 64), uuid=maybe(text), used_memory=maybe(big))
+    ),
 )
 process_activities = st.builds(
     ProcessActivity,
