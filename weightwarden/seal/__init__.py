@@ -15,6 +15,7 @@ from weightwarden.seal._seal import (
     VerificationResult,
     build_manifest,
     default_signature_path,
+    load_manifest,
     seal,
     verify,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "build_manifest",
     "default_cache_path",
     "default_signature_path",
+    "load_manifest",
     "pae",
     "seal",
     "verify",

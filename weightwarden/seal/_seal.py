@@ -41,6 +41,7 @@ __all__ = [
     "VerificationResult",
     "build_manifest",
     "default_signature_path",
+    "load_manifest",
     "seal",
     "verify",
 ]
@@ -277,6 +278,23 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def load_manifest(signature_path: Path, public_key: PublicKey) -> Manifest | None:
+    """The manifest a bundle signs, if its signature verifies with ``public_key``; else None.
+
+    Raises:
+        BundleFormatError: the bundle is missing, malformed or has unknown fields.
+        KeyFileError: the bundle names a different key.
+    """
+    check = open_bundle(read_bundle_file(signature_path), public_key)
+    if not check.valid or check.payload is None:
+        return None
+    try:
+        statement = json.loads(check.payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleFormatError(f"signed payload is not JSON: {exc}") from None
+    return Manifest.from_statement(statement)
+
+
 def verify(
     model_path: Path,
     public_key: PublicKey,
@@ -296,23 +314,18 @@ def verify(
     started = time.perf_counter()
     sig_path = (signature_path or default_signature_path(model_path)).absolute()
     root = model_path.resolve() if model_path.exists() else model_path.absolute()
-    check = open_bundle(read_bundle_file(sig_path), public_key)
-    if not check.valid or check.payload is None:
+    expected = load_manifest(sig_path, public_key)
+    if expected is None:
         return VerificationResult(
             model_path=root,
             signature_path=sig_path,
             signature_valid=False,
-            reason=check.reason,
+            reason="signature does not verify: the bundle was altered or not made with this key",
             diff=ContentDiff(),
             files_checked=0,
             bytes_hashed=0,
             seconds=time.perf_counter() - started,
         )
-    try:
-        statement = json.loads(check.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleFormatError(f"signed payload is not JSON: {exc}") from None
-    expected = Manifest.from_statement(statement)
     sig_inside = _relative_inside(root, sig_path) if model_path.exists() else None
     actual, hashed = build_manifest(
         model_path,
