@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from weightwarden.crypto.keys import KeyType, generate_key, write_key_pair
 from weightwarden.safetensors import TensorSpec, write_safetensors
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
 PASSPHRASE_ENV = "WEIGHTWARDEN_KEY_PASSPHRASE"  # noqa: S105 -- the variable's name, not a secret
 
@@ -227,3 +228,14 @@ def reference_verify() -> Callable[[Path, Path, Path], Exception | None]:
         return None
 
     return check
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temporary folder every user can enter and read (tests run readers as nobody)."""
+    path = Path(tempfile.mkdtemp(prefix="ww-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
