@@ -1,0 +1,201 @@
+"""What the collector keeps, and the one interface both stores (SQLite, PostgreSQL) provide.
+
+Values are frozen dataclasses; times are milliseconds since the epoch (UTC). Every method
+that writes does so in one transaction. ``ingest`` is the hot path: it stores a verified
+batch's new events, advances the agent's chain head (compare-and-set on the head it was
+given, so two collector workers can never both extend one agent's chain), records the
+batch nonce (a nonce seen before is a replay) and stores the alerts derived from the
+batch, all atomically: a batch is either wholly stored or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+__all__ = [
+    "AgentRecord",
+    "Alert",
+    "AlertStatus",
+    "Disposition",
+    "HeadMoved",
+    "QuarantinedBatch",
+    "Store",
+    "StoredEvent",
+]
+
+AlertStatus = Literal["new", "acknowledged", "resolved"]
+Disposition = Literal["true_positive", "false_positive", "benign"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRecord:
+    """An enrolled agent: its identity key and where its chain stands."""
+
+    agent_id: str
+    public_key_pem: str
+    enrolled_at: int
+    revoked_at: int | None
+    head_seq: int
+    """0 before the first event."""
+    head_hash: str
+    """``GENESIS`` before the first event."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredEvent:
+    """One event as stored: the canonical payload, its chain link, and index columns.
+
+    Imported events (``collector import``) have ``agent_id`` ``import:<source>``, their own
+    running ``seq`` and empty hash fields: they are not part of any agent's chain.
+    """
+
+    agent_id: str
+    seq: int
+    payload: str
+    prev_hash: str
+    payload_hash: str
+    link_hash: str
+    uid: str
+    time: int
+    class_uid: int
+    activity_id: int
+    severity_id: int
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """A finding for the security team, with its triage state."""
+
+    id: str
+    created_at: int
+    updated_at: int
+    severity_id: int
+    title: str
+    rule: str
+    status: AlertStatus
+    disposition: Disposition | None
+    note: str | None
+    agent_id: str | None
+    evidence: tuple[str, ...]
+    """Event uids the alert rests on."""
+    finding: str
+    """The OCSF Detection Finding (2004), canonical JSON."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantinedBatch:
+    """A batch kept aside because it broke the chain rules (gap, fork, replay, bad link)."""
+
+    id: str
+    agent_id: str
+    received_at: int
+    reason: str
+    body: bytes
+
+
+class HeadMoved(Exception):  # noqa: N818 -- a signal between store and ingest, not an error
+    """``ingest`` found the agent's head moved since it was read; re-read and retry."""
+
+
+class Store(Protocol):
+    """The collector's storage. Implementations: ``SqliteStore``, ``PostgresStore``."""
+
+    # -- enrollment ------------------------------------------------------------------
+    def add_token(self, *, token_hash: str, host: str, expires_at: int) -> None:
+        """Remember a one-time enrollment token (only its SHA-256 is kept)."""
+
+    def redeem_token(self, *, token_hash: str, host: str, now: int) -> bool:
+        """Atomically use the token: true only if unused, unexpired and issued for ``host``."""
+
+    def register_agent(self, *, agent_id: str, public_key_pem: str, now: int) -> None:
+        """Register (or re-key, if revoked) an agent; its head starts at 0 / GENESIS."""
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        """One agent, or None."""
+
+    def agents(self) -> list[AgentRecord]:
+        """Every agent, by id."""
+
+    def revoke_agent(self, agent_id: str, *, now: int) -> bool:
+        """Refuse the agent's batches from now on; false if unknown."""
+
+    # -- ingest ----------------------------------------------------------------------
+    def stored_links(self, agent_id: str, first_seq: int, last_seq: int) -> dict[int, str]:
+        """``seq -> link_hash`` of the agent's stored events in that range."""
+
+    def nonce_seen(self, nonce: str) -> bool:
+        """Whether a batch with this nonce was stored before."""
+
+    def ingest(
+        self,
+        *,
+        agent_id: str,
+        nonce: str,
+        expected_head_seq: int,
+        new_head_seq: int,
+        new_head_hash: str,
+        events: Sequence[StoredEvent],
+        alerts: Sequence[Alert],
+    ) -> None:
+        """Store a batch atomically (see the module doc).
+
+        Raises:
+            HeadMoved: the agent's head is no longer ``expected_head_seq``.
+        """
+
+    def quarantine(self, batch: QuarantinedBatch, alerts: Sequence[Alert]) -> None:
+        """Keep a refused batch and its integrity alerts."""
+
+    def quarantined(self) -> list[QuarantinedBatch]:
+        """Every quarantined batch, oldest first."""
+
+    def import_events(self, events: Sequence[StoredEvent], alerts: Sequence[Alert]) -> int:
+        """Store imported (unchained) events; return how many were new (by uid)."""
+
+    # -- reading ---------------------------------------------------------------------
+    def events(
+        self,
+        *,
+        agent_id: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Events by (time, agent, seq)."""
+
+    def chain(self, agent_id: str) -> Iterator[StoredEvent]:
+        """One agent's stored events by seq, for re-verification."""
+
+    def count_events(self) -> int:
+        """How many events are stored."""
+
+    # -- alerts ----------------------------------------------------------------------
+    def add_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Store alerts raised outside ingest (detectors run over stored events)."""
+
+    def alerts(
+        self, *, status: AlertStatus | None = None, since: int | None = None
+    ) -> list[Alert]:
+        """Alerts, newest first."""
+
+    def alert(self, alert_id: str) -> Alert | None:
+        """One alert (by id, or by a unique prefix of at least 6 characters)."""
+
+    def update_alert(
+        self,
+        alert_id: str,
+        *,
+        status: AlertStatus,
+        disposition: Disposition,
+        note: str | None,
+        now: int,
+    ) -> Alert | None:
+        """Record a triage decision; None if there is no such alert."""
+
+    def close(self) -> None:
+        """Release connections."""
