@@ -44,7 +44,7 @@ from agent.attribution import (
 from agent.canary import CanaryRegistry
 from agent.copies import CopyDetector, CopyIndex
 from agent.egress import EgressWatcher
-from agent.gpu import GpuMonitor, GpuSnapshot
+from agent.gpu import GpuMonitor, GpuSnapshot, gpu_holdings
 from agent.notify import SystemdNotifier
 from agent.pipeline import EventPipeline, UsageProbe, health_finding
 from agent.sealer import Change, SealPlanner, SealStore
@@ -65,7 +65,6 @@ from weightwarden.events import (
     FileActivity,
     FileActivityType,
     FileRef,
-    GpuUse,
     SealInfo,
     SealStatus,
     Severity,
@@ -551,52 +550,24 @@ class Daemon:
         self._worker.submit(task)
 
     def _gpu_events(self, snapshot: GpuSnapshot) -> list[Event]:
-        events: list[Event] = []
-        current: set[tuple[int, int]] = set()
-        for proc in snapshot.processes:
-            key = (proc.pid, proc.gpu_index)
-            current.add(key)
-            if key in self._gpu_seen:
-                continue
-            held = tuple(sorted({s.path for s in self.sessions.for_pid(proc.pid)}))
-            events.append(
-                FileActivity(
-                    uid=uuid.uuid4().hex,
-                    time=_wall_ms(),
-                    device=self._device,
-                    activity=FileActivityType.OPEN,
-                    actor=self._attribute(proc.pid, time.monotonic()),
-                    file=FileRef(path=f"/dev/nvidia{proc.gpu_index}"),
-                    sensor="nvml",
-                    gpu=GpuUse(
-                        index=proc.gpu_index, uuid=proc.gpu_uuid, used_memory=proc.used_memory
-                    ),
-                    related_paths=held,
-                )
+        """An Open of the GPU for each (process, GPU) pair not seen in the last snapshot."""
+        holdings = gpu_holdings(snapshot)
+        events: list[Event] = [
+            FileActivity(
+                uid=uuid.uuid4().hex,
+                time=_wall_ms(),
+                device=self._device,
+                activity=FileActivityType.OPEN,
+                actor=self._attribute(h.pid, time.monotonic()),
+                file=FileRef(path=h.path),
+                sensor=h.source,
+                gpu=h.gpu,
+                related_paths=tuple(sorted({s.path for s in self.sessions.for_pid(h.pid)})),
             )
-        for holder in snapshot.holders:
-            if holder.minor is None:
-                continue
-            key = (holder.pid, holder.minor)
-            if key in current or key in self._gpu_seen:
-                current.add(key)
-                continue
-            current.add(key)
-            held = tuple(sorted({s.path for s in self.sessions.for_pid(holder.pid)}))
-            events.append(
-                FileActivity(
-                    uid=uuid.uuid4().hex,
-                    time=_wall_ms(),
-                    device=self._device,
-                    activity=FileActivityType.OPEN,
-                    actor=self._attribute(holder.pid, time.monotonic()),
-                    file=FileRef(path=holder.path),
-                    sensor="device-scan",
-                    gpu=GpuUse(index=holder.minor),
-                    related_paths=held,
-                )
-            )
-        self._gpu_seen = current
+            for key, h in holdings.items()
+            if key not in self._gpu_seen
+        ]
+        self._gpu_seen = set(holdings)
         return events
 
     # ------------------------------------------------------------------ the loop

@@ -38,13 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weightwarden.events import GpuUse
+
 __all__ = [
     "DeviceHolder",
     "GpuContext",
     "GpuDevice",
+    "GpuHolding",
     "GpuMonitor",
     "GpuProcess",
     "GpuSnapshot",
+    "gpu_holdings",
     "parse_status_uid",
     "scan_device_holders",
 ]
@@ -387,3 +391,38 @@ class GpuMonitor:
                     )
                 )
         return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuHolding:
+    """One process's hold on one GPU, from NVML or from an open ``/dev/nvidiaN``."""
+
+    pid: int
+    path: str
+    gpu: GpuUse
+    source: str
+    """``nvml`` or ``device-scan``."""
+
+
+def gpu_holdings(snapshot: GpuSnapshot) -> dict[tuple[int, int], GpuHolding]:
+    """Every (pid, GPU index) in a snapshot; NVML's view wins over the device-node scan."""
+    out: dict[tuple[int, int], GpuHolding] = {}
+    for proc in snapshot.processes:
+        out[(proc.pid, proc.gpu_index)] = GpuHolding(
+            pid=proc.pid,
+            path=f"/dev/nvidia{proc.gpu_index}",
+            gpu=GpuUse(index=proc.gpu_index, uuid=proc.gpu_uuid, used_memory=proc.used_memory),
+            source="nvml",
+        )
+    for holder in snapshot.holders:
+        if holder.minor is not None:
+            out.setdefault(
+                (holder.pid, holder.minor),
+                GpuHolding(
+                    pid=holder.pid,
+                    path=holder.path,
+                    gpu=GpuUse(index=holder.minor),
+                    source="device-scan",
+                ),
+            )
+    return out

@@ -174,3 +174,28 @@ def test_a_process_allocating_gpu_memory_is_listed_with_its_user_and_memory(chil
     assert mine[0].gpu_uuid.startswith("GPU-")
     assert any(h.pid == proc.pid for h in snapshot.holders)
     assert mine[0].gpu_index in snapshot.gpus_of(proc.pid)
+
+
+def test_gpu_holdings_prefers_nvml_and_keeps_device_only_holders():
+    """One holding per (pid, GPU): NVML's, with memory; a device-node holder adds the rest."""
+    from agent.gpu import DeviceHolder, GpuContext, GpuProcess, GpuSnapshot, gpu_holdings
+
+    snapshot = GpuSnapshot(
+        gpu_available=True,
+        processes=(
+            GpuProcess(
+                pid=10, gpu_index=0, gpu_uuid="GPU-a", context=GpuContext.COMPUTE, used_memory=512
+            ),
+        ),
+        holders=(
+            DeviceHolder(pid=10, path="/dev/nvidia0", fds=(5,), minor=0),
+            DeviceHolder(pid=11, path="/dev/nvidia1", fds=(7,), minor=1),
+            DeviceHolder(pid=12, path="/dev/nvidiactl", fds=(3,)),
+        ),
+    )
+    holdings = gpu_holdings(snapshot)
+    assert set(holdings) == {(10, 0), (11, 1)}
+    assert holdings[(10, 0)].source == "nvml"
+    assert holdings[(10, 0)].gpu.used_memory == 512
+    assert holdings[(11, 1)].source == "device-scan"
+    assert holdings[(11, 1)].path == "/dev/nvidia1"
