@@ -48,7 +48,7 @@ def _ext(event: dict) -> dict:
     return event.get("unmapped", {}).get("weightwarden", {})
 
 
-def _wait_for(spool: Path, predicate, timeout: float = 20.0) -> list[dict]:
+def _wait_for(spool: Path, predicate, timeout: float = 60.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (spool / "spool.sqlite").exists() or any(spool.glob("*.sqlite")):
