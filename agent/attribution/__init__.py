@@ -75,7 +75,7 @@ from agent.attribution._usage import (
     read_io,
     read_position,
 )
-from agent.attribution._watcher import ExecWatcher, WatcherStats
+from agent.attribution._watcher import ExecWatcher, RelayStats, WatcherStats
 
 __all__ = [
     "Ancestor",
@@ -96,6 +96,7 @@ __all__ = [
     "ProcEventKind",
     "ProcessInfo",
     "ReadQuality",
+    "RelayStats",
     "SnapshotSource",
     "SshOrigin",
     "WatcherStats",

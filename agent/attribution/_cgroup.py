@@ -42,7 +42,7 @@ _POD = re.compile(
     r"(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}|[0-9a-f]{32})"
     r"(?:\.slice)?$"
 )
-_SLURM_JOB = re.compile(r"^job_(?P<id>\d+)$")
+_SLURM_JOB = re.compile(r"^job_(?P<id>[0-9]{1,18})$")  # ASCII, below 2**63
 _UNIT = re.compile(r"^[^/]+\.(?:service|scope)$")
 _V1_SYSTEMD = "name=systemd"
 

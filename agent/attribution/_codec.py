@@ -24,7 +24,7 @@ Each line is one object ``{"v": 1, "kind": KIND, ...fields}``:
 - ``snapshot`` (`SnapshotMessage`): an `ExecCache.put` of ``entry``.
 - ``exit`` (`ExitMessage`): an `ExecCache.mark_exited` of ``pid`` at ``at``.
 - ``update`` (`UpdateMessage`): an `ExecCache.update` of ``pid`` to ``info``.
-- ``stats`` (`StatsMessage`): the child's `ConnectorStats`.
+- ``stats`` (`StatsMessage`): the child's `ConnectorStats` and `RelayStats`.
 - ``ready`` (`ReadyMessage`): the child is subscribed and has scanned ``/proc``.
 - ``failed`` (`FailedMessage`): the child cannot go on, and why; it exits next.
 """
@@ -50,6 +50,7 @@ __all__ = [
     "ExitMessage",
     "FailedMessage",
     "ReadyMessage",
+    "RelayStats",
     "SnapshotMessage",
     "StatsMessage",
     "UpdateMessage",
@@ -104,10 +105,30 @@ class UpdateMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayStats:
+    """Counters of the exec watcher child's relay to its parent; all but two only grow."""
+
+    lines: int
+    """Messages written to the parent."""
+    coalesced: int
+    """Fork stubs and uid changes not sent because an exec snapshot of the same process
+    replaced them in the same batch (the parent's cache ends the same without them)."""
+    backlog_bytes: int
+    """Encoded lines waiting for the parent to read them (now)."""
+    backlog_peak_bytes: int
+    """The largest backlog so far."""
+    stalls: int
+    """Times the listener waited for the parent because the backlog reached its bound."""
+    encode_errors: int
+    """Messages that could not be encoded (logged, not sent)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsMessage:
-    """The child's listener counters."""
+    """The child's listener and relay counters."""
 
     connector: ConnectorStats
+    relay: RelayStats
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,8 +231,11 @@ def _message_fields(message: WatcherMessage) -> tuple[str, dict[str, object]]:
             return "exit", {"pid": pid, "at": at}
         case UpdateMessage(pid=pid, info=info):
             return "update", {"pid": pid, "info": process_info_to_json(info)}
-        case StatsMessage(connector=stats):
-            return "stats", {"connector": _stats_to_json(stats)}
+        case StatsMessage(connector=stats, relay=relay):
+            return "stats", {
+                "connector": _stats_to_json(stats),
+                "relay": {name: getattr(relay, name) for name in _RELAY_FIELDS},
+            }
         case ReadyMessage(pid=pid, monotonic=monotonic):
             return "ready", {"pid": pid, "monotonic": monotonic}
         case FailedMessage(reason=reason):
@@ -438,13 +462,24 @@ _STATS_FIELDS: Mapping[str, Callable[[object], Any]] = {
     ),
 }
 
+_RELAY_FIELDS: Mapping[str, Callable[[object], Any]] = dict.fromkeys(
+    ("lines", "coalesced", "backlog_bytes", "backlog_peak_bytes", "stalls", "encode_errors"),
+    _counter,
+)
+
 _MESSAGES: Mapping[str, Callable[[object], WatcherMessage]] = {
     "snapshot": _record(SnapshotMessage, {"entry": _record(CachedProcess, _CACHED_PROCESS_FIELDS)}),
     "exit": _record(ExitMessage, {"pid": _pid, "at": _seconds}),
     "update": _record(
         UpdateMessage, {"pid": _pid, "info": _record(ProcessInfo, _PROCESS_INFO_FIELDS)}
     ),
-    "stats": _record(StatsMessage, {"connector": _record(ConnectorStats, _STATS_FIELDS)}),
+    "stats": _record(
+        StatsMessage,
+        {
+            "connector": _record(ConnectorStats, _STATS_FIELDS),
+            "relay": _record(RelayStats, _RELAY_FIELDS),
+        },
+    ),
     "ready": _record(ReadyMessage, {"pid": _pid, "monotonic": _seconds}),
     "failed": _record(FailedMessage, {"reason": _text}),
 }

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
     from agent.attribution._process_info import ProcessInfo
 
-__all__ = ["CachedProcess", "ExecCache", "ExecCacheStats", "SnapshotSource"]
+__all__ = ["SAME_START_TICKS", "CachedProcess", "ExecCache", "ExecCacheStats", "SnapshotSource"]
 
-_SAME_START_TICKS = 1
+SAME_START_TICKS = 1
+"""Start times (clock ticks) at most this far apart belong to the same process."""
 _Key = tuple[int, int]
 
 
@@ -220,7 +221,7 @@ class ExecCache:
     def _same_process(self, key: _Key) -> _Key | None:
         pid, ticks = key
         for other in self._by_pid.get(pid, ()):
-            if abs(other[1] - ticks) <= _SAME_START_TICKS:
+            if abs(other[1] - ticks) <= SAME_START_TICKS:
                 return other
         return None
 

@@ -229,8 +229,21 @@ def parse_ssh_origin(env: Mapping[str, str]) -> SshOrigin | None:
     return None
 
 
+_MAX_PORT = 65535
+_MAX_JOB_ID_DIGITS = 18  # below 2**63, and far above any Slurm job id
+
+
 def _port(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    """Parse a TCP port; anything but 1-5 ASCII digits up to 65535 is malformed (``None``).
+
+    The environment is the process owner's to write: ``str.isdigit`` alone accepts
+    ``"²"``, which ``int`` rejects, and an unbounded value would not fit the snapshot's
+    wire form; either would let a user make their processes unattributable.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(_MAX_PORT))):
+        return None
+    value = int(text)
+    return value if value <= _MAX_PORT else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -474,7 +487,10 @@ def _parsed(
 
 
 def _int_or_none(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() else None
+    """Parse a job id from the environment: 1-18 ASCII digits, else ``None`` (see `_port`)."""
+    if text is None or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= _MAX_JOB_ID_DIGITS else None
 
 
 def read_parents(

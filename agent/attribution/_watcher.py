@@ -11,25 +11,31 @@ The child (`run_child`, started as ``python -P -c "from agent.attribution._watch
 run_child; ..."``) runs a `ProcConnector` whose cache relays every ``put``,
 ``mark_exited`` and ``update`` to its stdout as one JSON line (`agent.attribution._codec`).
 Lines are encoded and written when the listener has drained the socket (a burst), or
-every 256 messages during a long one; a burst of only fork stubs and uid changes is held
-back until the exec that usually follows has been snapshotted (see `_LineSink`), so
-encoding them does not delay that snapshot. Its
-stdout is a private duplicate of fd 1 (fd 1 itself points at stderr, so nothing printed
-by accident can corrupt the protocol); logs go to stderr as JSON lines, and a ``stats``
-line reports the listener's counters every ``stats_interval_s``. Python's cyclic garbage
-collector is taken off the listener's path: automatic collection would pause the listener
-for 0.1-2 ms at arbitrary moments, often mid-snapshot (measured here, those pauses were
-the main cause of the last few percent of lost ``cat`` runs). Instead everything alive
-after start-up is frozen (``gc.freeze``), and once a second the main thread collects only
-what was allocated since and freezes the survivors, so no collection ever walks the
-cache again; a full collection runs once an hour, in case a cycle became garbage after
-it was frozen. It exits when its stdin
-reaches end of file (the parent closed it, or died), on SIGTERM, or when its stdout is
-broken; the kernel kills it when the parent dies (``PR_SET_PDEATHSIG``, SIGKILL), and it
-exits at once if the parent died before that was set. It ignores SIGINT: a Ctrl-C on
-the daemon's terminal is the daemon's to handle. Exit status: 0 when asked to stop, 70
-when it cannot do its job (subscription refused, listener died; a ``failed`` line says
-why first), 2 for bad arguments.
+every 256 messages during a long one. A burst of only fork stubs and uid changes is held
+back until the exec that usually follows has been snapshotted, so encoding them does not
+delay that snapshot, and a stub that the exec snapshot replaces is not sent at all (this
+halves the lines per short-lived process and so the daemon's decoding work). Writes
+never block the listener while the daemon is merely slow: what the pipe cannot take
+waits in a bounded backlog that the child's main thread writes out (see `_LineSink`).
+Its stdout is a private duplicate of fd 1 (fd 1 itself points at stderr, so nothing
+printed by accident can corrupt the protocol); logs go to stderr as JSON lines, and a
+``stats`` line reports the listener's and the relay's counters every
+``stats_interval_s``.
+
+The child also keeps Python's cyclic garbage collector off the listener's path.
+Automatic collections strike mid-snapshot, whenever allocations cross a threshold: during
+a stream of ``cat`` runs they came every few milliseconds and paused the listener for
+0.1 ms (young) to 1.9 ms (older generations) here. Instead, everything alive after
+start-up is frozen (``gc.freeze``) and once a second the main thread collects only what
+was allocated since, then freezes the survivors, so no collection walks the cache again
+(see `_YoungCollector`).
+
+It exits when its stdin reaches end of file (the parent closed it, or died), on SIGTERM,
+or when its stdout is broken; the kernel kills it when the parent dies
+(``PR_SET_PDEATHSIG``, SIGKILL), and it exits at once if the parent died before that was
+set. It ignores SIGINT: a Ctrl-C on the daemon's terminal is the daemon's to handle. Exit
+status: 0 when asked to stop, 70 when it cannot do its job (subscription refused,
+listener died; a ``failed`` line says why first), 2 for bad arguments.
 
 The parent (`ExecWatcher`) spawns the child, and one reader thread (blocked in
 ``read()`` nearly all the time, so it costs the daemon little) decodes the lines and
@@ -78,6 +84,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -86,6 +93,7 @@ from agent.attribution._codec import (
     ExitMessage,
     FailedMessage,
     ReadyMessage,
+    RelayStats,
     SnapshotMessage,
     StatsMessage,
     UpdateMessage,
@@ -93,7 +101,12 @@ from agent.attribution._codec import (
     decode_message,
     encode_message,
 )
-from agent.attribution._exec_cache import CachedProcess, ExecCache, SnapshotSource
+from agent.attribution._exec_cache import (
+    SAME_START_TICKS,
+    CachedProcess,
+    ExecCache,
+    SnapshotSource,
+)
 from agent.attribution._proc_connector import ConnectorStats, ListenerPriority, ProcConnector
 from agent.attribution._procfs import DEFAULT_MAX_DEPTH, PROC
 from weightwarden.errors import WeightwardenError
@@ -104,7 +117,7 @@ if TYPE_CHECKING:
 
     from agent.attribution._process_info import ProcessInfo
 
-__all__ = ["ExecWatcher", "WatcherStats", "run_child"]
+__all__ = ["ExecWatcher", "RelayStats", "WatcherStats", "run_child"]
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 70
@@ -113,6 +126,8 @@ _CHILD_NAME = b"ww-exec-watcher"  # comm is at most 15 bytes
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _FLUSH_EVERY = 256  # messages buffered at most before a write, during a long burst
+_WRITE_CHUNK = 1 << 16  # bytes per write, so the lock is never held long
+_DEFAULT_BACKLOG = 32 << 20
 _READ_CHUNK = 1 << 16
 _DEFAULT_MAX_LINE = 16 << 20
 _DEFAULT_PIPE_BYTES = 1 << 20
@@ -131,25 +146,43 @@ _log = get_logger("agent.attribution.exec_watcher")
 class _LineSink:
     """Collect the listener's messages and write them to the parent as JSON lines.
 
-    Messages are kept as values and encoded at `flush` (or when `_FLUSH_EVERY` are
-    waiting), so the listener thread gets to the next exec before spending time on JSON.
-    The pipe is the bounded queue: when the parent reads slowly, ``write`` blocks and the
-    kernel's socket buffer absorbs events; if that overflows too, the listener counts an
-    overrun and rescans ``/proc``. A broken pipe (the parent is gone) is recorded in
+    Messages are kept as values and encoded by `after_burst` / `flush` (or when
+    `_FLUSH_EVERY` are waiting), so the listener handles the next event before it spends
+    time on JSON. Writes never block the listener while the parent is merely slow: the
+    pipe is non-blocking, and what it cannot take waits in a backlog that the main thread
+    writes out as the parent reads (`drain`, on ``POLLOUT``). The backlog is bounded: at
+    ``backlog_limit`` bytes the listener waits for the parent (counted in ``stalls``); the
+    kernel's socket buffer then absorbs events, and if that overflows the listener counts
+    an overrun and rescans ``/proc``. A broken pipe (the parent is gone) is recorded in
     ``broken`` and the main thread is woken through ``wake_fd``.
     """
 
-    def __init__(self, fd: int, *, wake_fd: int) -> None:
+    def __init__(self, fd: int, *, wake_fd: int, backlog_limit: int) -> None:
         self._fd = fd
         self._wake_fd = wake_fd
+        self._backlog_limit = backlog_limit
         self._lock = threading.Lock()
         self._pending: list[WatcherMessage] = []
+        self._backlog: deque[memoryview] = deque()
+        self._backlog_bytes = 0
         self.broken: str | None = None
-        self.encode_errors = 0
+        self._counts = dict.fromkeys(
+            ("lines", "coalesced", "backlog_peak_bytes", "stalls", "encode_errors"), 0
+        )
         self._last_logged = float("-inf")
+        os.set_blocking(fd, False)
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes encoded but not yet taken by the pipe."""
+        return self._backlog_bytes
+
+    def stats(self) -> RelayStats:
+        """Return the relay's counters."""
+        return RelayStats(backlog_bytes=self._backlog_bytes, **self._counts)
 
     def send(self, message: WatcherMessage) -> None:
-        """Queue a message; write the queue if it is long."""
+        """Queue a message; encode and write the queue if it is long."""
         with self._lock:
             if self.broken is not None:
                 return
@@ -158,7 +191,7 @@ class _LineSink:
                 self._flush_locked()
 
     def flush(self) -> None:
-        """Encode and write every queued message (blocks while the pipe is full)."""
+        """Encode every queued message and write what the pipe takes."""
         with self._lock:
             self._flush_locked()
 
@@ -168,42 +201,124 @@ class _LineSink:
         Those come just before an exec (``fork``, ``setuid``, ``exec``), whose snapshot
         races the new program's exit: encoding them now would delay it. They go out with
         the next burst that holds anything else (the exec snapshot, or any exit), or at the
-        main thread's next tick, in order.
+        main thread's next tick, in order; a stub that the exec snapshot replaces is not
+        sent at all (see `_coalesce`).
         """
         with self._lock:
             if not all(map(_provisional, self._pending)):
                 self._flush_locked()
 
+    def drain(self) -> None:
+        """Write as much of the backlog as the pipe takes now (the main thread's job)."""
+        with self._lock:
+            self._write_locked()
+
     def _flush_locked(self) -> None:
         pending, self._pending = self._pending, []
         if not pending or self.broken is not None:
             return
+        messages, coalesced = _coalesce(pending)
+        self._counts["coalesced"] += coalesced
         lines: list[bytes] = []
-        for message in pending:
+        for message in messages:
             try:
                 lines.append(encode_message(message))
             except WeightwardenError as exc:
-                self.encode_errors += 1
+                self._counts["encode_errors"] += 1
                 now = time.monotonic()
                 if now - self._last_logged >= _LOG_INTERVAL_S:
                     self._last_logged = now
-                    _log.error("watcher message not encoded", error=str(exc))
-        view = memoryview(b"".join(lines))
-        while view:
+                    _log.error(
+                        "watcher message not encoded",
+                        error=str(exc),
+                        encode_errors=self._counts["encode_errors"],
+                    )
+        self._counts["lines"] += len(lines)
+        data = memoryview(b"".join(lines))
+        if data:
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+        self._write_locked()
+        self._counts["backlog_peak_bytes"] = max(
+            self._counts["backlog_peak_bytes"], self._backlog_bytes
+        )
+        if self._backlog_bytes >= self._backlog_limit and self.broken is None:
+            self._counts["stalls"] += 1
+            self._wait_below_limit()
+        if self._backlog:
+            self._wake()  # the main thread writes the rest as the parent reads
+
+    def _write_locked(self) -> None:
+        """Write backlog chunks until the pipe is full or the backlog empty."""
+        while self._backlog and self.broken is None:
+            chunk = self._backlog[0]
             try:
-                written = os.write(self._fd, view)
+                written = os.write(self._fd, chunk[:_WRITE_CHUNK])
+            except BlockingIOError:
+                return
             except OSError as exc:
                 self.broken = f"cannot write to the parent: {exc.strerror}"
-                with contextlib.suppress(OSError):
-                    os.write(self._wake_fd, b"!")
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self._wake()
                 return
-            view = view[written:]
+            self._backlog_bytes -= written
+            if written == len(chunk):
+                self._backlog.popleft()
+            else:
+                self._backlog[0] = chunk[written:]
+
+    def _wait_below_limit(self) -> None:
+        """Block until the parent has read the backlog below its bound."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while self._backlog_bytes >= self._backlog_limit and self.broken is None:
+            poller.poll()
+            self._write_locked()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a wake byte is already pending
+            os.write(self._wake_fd, b"!")
 
 
 def _provisional(message: WatcherMessage) -> bool:
     return isinstance(message, UpdateMessage) or (
         isinstance(message, SnapshotMessage) and message.entry.source is SnapshotSource.FORK
     )
+
+
+def _coalesce(messages: list[WatcherMessage]) -> tuple[list[WatcherMessage], int]:
+    """Leave out fork stubs (and uid changes to them) that an exec snapshot replaces.
+
+    A fork stub, the uid changes after it and an exec snapshot of the same process (start
+    times within a tick) with no exit between them leave the parent's cache exactly as
+    the exec snapshot alone does: ``put`` replaces the stub. Everything else is kept, in
+    order.
+
+    Returns:
+        The messages to send and how many were left out.
+    """
+    drop: set[int] = set()
+    open_stubs: dict[int, tuple[int, int, list[int]]] = {}  # pid -> (index, ticks, updates)
+    for index, message in enumerate(messages):
+        match message:
+            case SnapshotMessage(entry=entry) if entry.source is SnapshotSource.FORK:
+                open_stubs[entry.info.pid] = (index, entry.start_ticks, [])
+            case UpdateMessage(pid=pid) if pid in open_stubs:
+                open_stubs[pid][2].append(index)
+            case SnapshotMessage(entry=entry):
+                stub = open_stubs.pop(entry.info.pid, None)
+                if (
+                    stub is not None
+                    and entry.source is SnapshotSource.EXEC
+                    and abs(stub[1] - entry.start_ticks) <= SAME_START_TICKS
+                ):
+                    drop.update((stub[0], *stub[2]))
+            case ExitMessage(pid=pid):
+                open_stubs.pop(pid, None)
+    if not drop:
+        return messages, 0
+    return [m for index, m in enumerate(messages) if index not in drop], len(drop)
 
 
 class _RelayCache(ExecCache):
@@ -285,6 +400,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-entries", type=int, default=16384)
     parser.add_argument("--grace", type=float, default=60.0)
     parser.add_argument("--stats-interval", type=float, default=5.0)
+    parser.add_argument("--backlog-bytes", type=int, default=_DEFAULT_BACKLOG)
     return parser.parse_args(argv)
 
 
@@ -311,7 +427,7 @@ def run_child(argv: Sequence[str] | None = None) -> int:
     terminated = threading.Event()
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())
-    sink = _LineSink(out_fd, wake_fd=wake_w)
+    sink = _LineSink(out_fd, wake_fd=wake_w, backlog_limit=args.backlog_bytes)
     cache = _RelayCache(sink, max_entries=args.cache_entries, grace_s=args.grace)
     connector = ProcConnector(
         cache,
@@ -327,16 +443,23 @@ def run_child(argv: Sequence[str] | None = None) -> int:
     except WeightwardenError as exc:
         _log.error("exec watcher cannot listen", error=str(exc))
         sink.send(FailedMessage(reason=str(exc)))
-        sink.flush()
+        _flush_out(sink, out_fd)
         return EXIT_FAILED
     gc.collect()
     gc.freeze()  # start-up objects and the scanned processes are never walked again
     status = EXIT_FAILED
     try:
         sink.send(ReadyMessage(pid=os.getpid(), monotonic=time.monotonic()))
-        sink.send(StatsMessage(connector=connector.stats()))
+        sink.send(StatsMessage(connector=connector.stats(), relay=sink.stats()))
         sink.flush()
-        status = _serve(connector, sink, wake_r, terminated, args.stats_interval)
+        status = _ChildLoop(
+            connector,
+            sink,
+            out_fd=out_fd,
+            wake_fd=wake_r,
+            terminated=terminated,
+            stats_interval_s=args.stats_interval,
+        ).run()
     except Exception as exc:  # noqa: BLE001 (the child's error boundary: say why, exit 70)
         _log.exception("exec watcher failed")
         sink.send(FailedMessage(reason=f"the exec watcher failed: {type(exc).__name__}: {exc}"))
@@ -344,47 +467,80 @@ def run_child(argv: Sequence[str] | None = None) -> int:
         try:
             connector.stop()
         finally:
-            sink.send(StatsMessage(connector=connector.stats()))
-            sink.flush()
+            sink.send(StatsMessage(connector=connector.stats(), relay=sink.stats()))
+            _flush_out(sink, out_fd)
     return status
 
 
-def _serve(
-    connector: ProcConnector,
-    sink: _LineSink,
-    wake_r: int,
-    terminated: threading.Event,
-    stats_interval_s: float,
-) -> int:
-    """Wait for stdin's end, SIGTERM, a broken pipe or the listener's death."""
-    poller = select.poll()
-    poller.register(0, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    next_stats = time.monotonic() + stats_interval_s
-    collector = _YoungCollector()
-    while True:
-        wait_s = min(_TICK_S, max(0.0, next_stats - time.monotonic()))
-        for fd, flags in poller.poll(wait_s * 1000):
-            if fd == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-            elif flags & (select.POLLNVAL | select.POLLERR) or not _read_stdin():
+class _ChildLoop:
+    """The child's main thread: wait for the end, and keep the relay moving meanwhile.
+
+    It ends at stdin's end of file, SIGTERM, a broken pipe or the listener's death.
+    Meanwhile it writes the backlog out as the parent reads, collects young garbage,
+    reports the counters every ``stats_interval_s`` and sends what the listener held
+    back. It holds the GIL only for moments, once a tick or per pipe write.
+    """
+
+    def __init__(
+        self,
+        connector: ProcConnector,
+        sink: _LineSink,
+        *,
+        out_fd: int,
+        wake_fd: int,
+        terminated: threading.Event,
+        stats_interval_s: float,
+    ) -> None:
+        self._connector = connector
+        self._sink = sink
+        self._out_fd = out_fd
+        self._wake_fd = wake_fd
+        self._terminated = terminated
+        self._stats_interval_s = stats_interval_s
+        self._poller = select.poll()
+        self._poller.register(0, select.POLLIN)
+        self._poller.register(wake_fd, select.POLLIN)
+
+    def run(self) -> int:
+        """Serve until told to stop; return the exit status."""
+        next_stats = time.monotonic() + self._stats_interval_s
+        collector = _YoungCollector()
+        while True:
+            if not self._wait(min(_TICK_S, max(0.0, next_stats - time.monotonic()))):
                 return EXIT_STOPPED  # the parent closed our stdin, or died
-        if terminated.is_set():
-            _log.info("exec watcher stopping on SIGTERM")
-            return EXIT_STOPPED
-        if sink.broken is not None:
-            _log.info("exec watcher stopping: the parent is gone", reason=sink.broken)
-            return EXIT_STOPPED
-        collector.tick()
-        stats = connector.stats()
-        if stats.failure is not None:
-            sink.send(FailedMessage(reason=f"the proc connector listener died: {stats.failure}"))
-            return EXIT_FAILED
-        if time.monotonic() >= next_stats:
-            sink.send(StatsMessage(connector=stats))
-            next_stats = time.monotonic() + stats_interval_s
-        sink.flush()  # provisional messages held back by after_burst, and the stats
+            if self._terminated.is_set():
+                _log.info("exec watcher stopping on SIGTERM")
+                return EXIT_STOPPED
+            if self._sink.broken is not None:
+                _log.info("exec watcher stopping: the parent is gone", reason=self._sink.broken)
+                return EXIT_STOPPED
+            collector.tick()
+            stats = self._connector.stats()
+            if stats.failure is not None:
+                reason = f"the proc connector listener died: {stats.failure}"
+                self._sink.send(FailedMessage(reason=reason))
+                return EXIT_FAILED
+            if time.monotonic() >= next_stats:
+                self._sink.send(StatsMessage(connector=stats, relay=self._sink.stats()))
+                next_stats = time.monotonic() + self._stats_interval_s
+            self._sink.flush()  # what after_burst held back, and the stats
+
+    def _wait(self, timeout_s: float) -> bool:
+        """Wait for input, a wake-up or room in the pipe; ``False`` at stdin's end."""
+        if self._sink.backlog_bytes:
+            self._poller.register(self._out_fd, select.POLLOUT)
+        else:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(self._out_fd)
+        for fd, flags in self._poller.poll(timeout_s * 1000):
+            if fd == self._wake_fd:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_fd, 4096)
+            elif fd == self._out_fd:
+                self._sink.drain()
+            elif flags & (select.POLLNVAL | select.POLLERR) or not _read_stdin():
+                return False
+        return True
 
 
 class _YoungCollector:
@@ -414,6 +570,16 @@ class _YoungCollector:
         else:
             gc.collect(0)
         gc.freeze()
+
+
+def _flush_out(sink: _LineSink, out_fd: int) -> None:
+    """Send everything still queued before exiting, waiting for the parent to read it."""
+    sink.flush()
+    poller = select.poll()
+    poller.register(out_fd, select.POLLOUT)
+    while sink.backlog_bytes and sink.broken is None:
+        poller.poll(_TICK_S * 1000)
+        sink.drain()
 
 
 def _read_stdin() -> bool:
@@ -458,6 +624,8 @@ class WatcherStats:
     last_decode_error: str | None
     connector: ConnectorStats | None
     """The listener's counters as the child last reported them."""
+    relay: RelayStats | None
+    """The child's relay counters (backlog, stalls, coalesced) as it last reported them."""
 
 
 class ExecWatcher:
@@ -480,6 +648,8 @@ class ExecWatcher:
         child_cache_entries: the bound of the child's own cache (it needs one for fork
             stubs and parent chains).
         stats_interval_s: how often the child reports its listener's counters.
+        child_backlog_bytes: how much encoded output the child keeps for a slow reader
+            before its listener waits (then the kernel's socket buffer absorbs events).
         start_timeout_s: how long `start` waits for the child to be listening.
         max_line_bytes: longer lines are skipped and counted.
         pipe_bytes: the capacity asked for the pipe from the child (best effort).
@@ -497,6 +667,7 @@ class ExecWatcher:
         receive_buffer: int = _DEFAULT_RCVBUF,
         child_cache_entries: int = 16384,
         stats_interval_s: float = 5.0,
+        child_backlog_bytes: int = _DEFAULT_BACKLOG,
         start_timeout_s: float = 15.0,
         max_line_bytes: int = _DEFAULT_MAX_LINE,
         pipe_bytes: int = _DEFAULT_PIPE_BYTES,
@@ -525,6 +696,8 @@ class ExecWatcher:
             repr(cache.grace_s),
             "--stats-interval",
             repr(stats_interval_s),
+            "--backlog-bytes",
+            str(child_backlog_bytes),
             *(() if scan_on_start else ("--no-scan",)),
         ]
         self._start_timeout_s = start_timeout_s
@@ -542,6 +715,7 @@ class ExecWatcher:
         self._failure: str | None = None
         self._child_failure: str | None = None
         self._connector: ConnectorStats | None = None
+        self._relay: RelayStats | None = None
         self._last_decode_error: str | None = None
         self._last_logged = float("-inf")
         self._counts = dict.fromkeys(
@@ -596,6 +770,7 @@ class ExecWatcher:
             self._stopping = False
             self._failure = self._child_failure = None
             self._connector = None
+            self._relay = None
             self._spawned_at = time.monotonic()
             try:
                 proc = subprocess.Popen(
@@ -699,6 +874,7 @@ class ExecWatcher:
             pipe_bytes=self._pipe_bytes,
             last_decode_error=self._last_decode_error,
             connector=self._connector,
+            relay=self._relay,
             **self._counts,
         )
 
@@ -795,8 +971,8 @@ class ExecWatcher:
                 self._counts["updates"] += 1
                 if not self._cache.update(pid, lambda _old: info):
                     self._counts["updates_unmatched"] += 1
-            case StatsMessage(connector=connector):
-                self._connector = connector
+            case StatsMessage(connector=connector, relay=relay):
+                self._connector, self._relay = connector, relay
             case ReadyMessage(monotonic=child_now):
                 self._on_ready(child_now)
             case FailedMessage(reason=reason):

@@ -14,6 +14,7 @@ from agent.gpu import (
     GpuMonitor,
     GpuProcess,
     GpuSnapshot,
+    gpu_holdings,
     parse_status_uid,
     scan_device_holders,
 )
@@ -178,8 +179,6 @@ def test_a_process_allocating_gpu_memory_is_listed_with_its_user_and_memory(chil
 
 def test_gpu_holdings_prefers_nvml_and_keeps_device_only_holders():
     """One holding per (pid, GPU): NVML's, with memory; a device-node holder adds the rest."""
-    from agent.gpu import DeviceHolder, GpuContext, GpuProcess, GpuSnapshot, gpu_holdings
-
     snapshot = GpuSnapshot(
         gpu_available=True,
         processes=(

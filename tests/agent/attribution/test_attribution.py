@@ -60,6 +60,7 @@ def test_public_api_is_pinned() -> None:
         "ProcEventKind",
         "ProcessInfo",
         "ReadQuality",
+        "RelayStats",
         "SnapshotSource",
         "SshOrigin",
         "WatcherStats",

@@ -83,6 +83,13 @@ def test_slurm_cgroup_v2_gives_job_id_and_slurmstepd_scope() -> None:
     assert identity.systemd_unit == "slurmstepd.scope"
 
 
+@pytest.mark.parametrize("job", ["\u0661\u0662", "9" * 19])
+def test_a_slurm_like_cgroup_without_a_plausible_job_id_gives_none(job: str) -> None:
+    """job_<id> must be 1-18 ASCII digits (a delegated user cgroup can be named anything)."""
+    identity = parse_cgroup(f"0::/user.slice/user-1000.slice/job_{job}/task_0\n")
+    assert identity.slurm_job_id is None
+
+
 def test_slurm_cgroup_v1_gives_job_id_from_the_memory_hierarchy() -> None:
     """Slurm on cgroup v1 uses /slurm/uid_<uid>/job_<id>/step_<n>/task_<n>."""
     text = (

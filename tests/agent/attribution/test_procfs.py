@@ -112,6 +112,14 @@ def test_missing_or_malformed_ssh_variables_give_no_origin(env: dict[str, str]) 
     assert parse_ssh_origin(env) is None
 
 
+@pytest.mark.parametrize("port", ["\u00b2", "\u0661\u0662", "65536", "99999", "9" * 5000, "-1"])
+def test_a_port_that_is_not_0_to_65535_in_ascii_digits_is_none(port: str) -> None:
+    """Ports the owner of the environment made up give None, never an exception."""
+    origin = parse_ssh_origin({"SSH_CONNECTION": f"192.0.2.7 {port} 198.51.100.1 {port}"})
+    assert origin is not None
+    assert (origin.client_port, origin.server_port) == (None, None)
+
+
 def test_unset_login_uid_is_none() -> None:
     """4294967295 ((uid_t)-1) means nobody logged in; other values are uids."""
     assert parse_loginuid("4294967295") is None
@@ -207,6 +215,20 @@ def test_ssh_origin_and_slurm_job_come_from_the_environment(
     )
     assert info.slurm_job_id == 31337  # no Slurm cgroup here, so the environment decides
     assert "must-not-be-kept" not in repr(info)
+
+
+@pytest.mark.parametrize("job", ["\u00b2", "\u0661", "9" * 19, "9" * 5000])
+def test_a_made_up_slurm_job_id_in_the_environment_is_ignored(
+    job: str, spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
+) -> None:
+    """A SLURM_JOB_ID that is not 1-18 ASCII digits gives None; the snapshot still works."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURM_JOB_ID": job}
+    child = subprocess.Popen(["sleep", "60"], env=env)
+    spawn.append(child)
+    wait_exec(child.pid, "sleep")
+    info = read_process(child.pid)
+    assert info.slurm_job_id is None
+    assert info.exe is not None
 
 
 def test_exited_and_reaped_process_is_absent_not_an_error() -> None:
