@@ -535,28 +535,27 @@ def _decoy_name(directory: Path, taken: set[str], rng: random.Random) -> tuple[s
             return name, step
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _write_decoy(
     tmp: Path, shape: DecoyShape, step: int, owner: tuple[int, int] | None
-) -> list[tuple[str, bool]]:
-    """Write one decoy's files into ``tmp``; return (name, is_weights) for each."""
+) -> list[tuple[str, bool, str]]:
+    """Write one decoy's files into ``tmp``; return (name, is_weights, sha256) for each.
+
+    Digests are taken while writing: reading a decoy back would itself look like an
+    intruder touching a canary.
+    """
     tmp.chmod(0o755)
     names = _shard_names(shape.shards)
-    written: list[tuple[str, bool]] = []
+    written: list[tuple[str, bool, str]] = []
     for name, tensors in zip(names, shape.shard_tensors(), strict=True):
-        write_safetensors(tmp / name, tensors, seed=secrets.token_bytes(32))
-        written.append((name, True))
+        done = write_safetensors(tmp / name, tensors, seed=secrets.token_bytes(32))
+        written.append((name, True, done.sha256))
     for name, content in _side_files(shape, step, names).items():
         (tmp / name).write_bytes(content)
-        written.append((name, False))
-    for name, _ in written:
+        written.append((name, False, hashlib.sha256(content).hexdigest()))
+    for name, _, _ in written:
         (tmp / name).chmod(0o644)
     if owner is not None:
-        for path in (tmp, *(tmp / name for name, _ in written)):
+        for path in (tmp, *(tmp / name for name, _, _ in written)):
             os.chown(path, *owner)
     return written
 
@@ -618,7 +617,7 @@ def plant(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for file_name, weights in written:
+        for file_name, weights, sha256 in written:
             path = final / file_name
             st = path.stat()
             canaries.append(
@@ -626,7 +625,7 @@ def plant(
                     path=str(path),
                     decoy=str(final),
                     size=st.st_size,
-                    sha256=_sha256_of(path),
+                    sha256=sha256,
                     planted_at=planted_at,
                     device=st.st_dev,
                     inode=st.st_ino,

@@ -1,34 +1,33 @@
 """The signed batch: how an agent's spooled events travel to the collector (HTTP or NATS).
 
-Wire body (JSON, UTF-8)::
+Binary framing, big-endian, so neither side spends its time escaping JSON inside JSON
+(a batch of 1,000 events parses in a few milliseconds)::
 
-    {"v": 1, "agent_id": "gpu-01", "batch": "<batch JSON as a string>", "sig": "<base64>"}
+    body    = u32 signed_len || signed || signature          (signature: the rest)
+    signed  = "WWB2" || u16 len || agent_id (UTF-8) || nonce (16 bytes) || u64 sent_at
+              || u32 count || event * count
+    event   = u64 seq || prev_hash (32) || payload_hash (32) || link_hash (32)
+              || u32 len || payload (the event's canonical OCSF JSON, UTF-8)
 
-``sig`` is the agent identity key's signature over the exact UTF-8 bytes of ``batch``, so
-the collector verifies before it parses anything inside. The inner batch::
-
-    {"agent_id": "gpu-01", "nonce": "<32 hex>", "sent_at": <ms>,
-     "events": [{"seq": 41, "payload": "<canonical OCSF JSON>",
-                 "prev_hash": "<hex>", "payload_hash": "<hex>", "link_hash": "<hex>"}, ...]}
-
+``signature`` is the agent identity key's signature over ``signed``. The collector reads
+the agent id (to find its key), verifies the signature, and only then parses the events.
 Each event carries its hash-chain link (:mod:`weightwarden.crypto.chain`); ``payload`` is
-the event's canonical bytes, exactly what ``payload_hash`` covers. ``nonce`` and
-``sent_at`` are fresh for every send attempt: a retry after a lost acknowledgement is a
-new signed message with the same events (the collector de-duplicates it), while a
-captured message sent again has a nonce the collector has already seen (a replay).
+exactly the bytes ``payload_hash`` covers. ``nonce`` and ``sent_at`` are fresh for every
+send attempt: a retry after a lost acknowledgement is a new signed message with the same
+events (the collector de-duplicates it), while a captured message sent again has a nonce
+the collector has already seen (a replay).
 
 An agent sends consecutive events (``seq`` increasing by one, each ``prev_hash`` the
 previous ``link_hash``); the collector checks that, and the first against its stored head.
+HTTP carries the body as :data:`CONTENT_TYPE`; NATS as the message data.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import secrets
+import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from weightwarden.crypto.chain import ChainLink
 from weightwarden.errors import UsageError
@@ -39,7 +38,8 @@ if TYPE_CHECKING:
     from weightwarden.crypto.keys import PrivateKey, PublicKey
 
 __all__ = [
-    "WIRE_VERSION",
+    "CONTENT_TYPE",
+    "MAGIC",
     "Batch",
     "BatchError",
     "BatchEvent",
@@ -50,8 +50,14 @@ __all__ = [
     "seal_batch",
 ]
 
-WIRE_VERSION = 1
-_HEX = frozenset("0123456789abcdef")
+MAGIC = b"WWB2"
+CONTENT_TYPE = "application/vnd.weightwarden.batch"
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_HEAD_TAIL = struct.Struct(">16sQI")  # nonce, sent_at, count
+_EVENT = struct.Struct(">Q32s32s32sI")  # seq, prev, payload hash, link, payload length
+_MAX_AGENT_ID = 255
+_NONCE_BYTES = 16
 
 
 class BatchError(UsageError):
@@ -105,27 +111,28 @@ class Batch:
         """The last event's sequence number."""
         return self.events[-1].seq
 
-    def to_json(self) -> str:
-        """The inner batch JSON (what gets signed)."""
-        return json.dumps(
-            {
-                "agent_id": self.agent_id,
-                "nonce": self.nonce,
-                "sent_at": self.sent_at,
-                "events": [
-                    {
-                        "seq": e.seq,
-                        "payload": e.payload,
-                        "prev_hash": e.prev_hash,
-                        "payload_hash": e.payload_hash,
-                        "link_hash": e.link_hash,
-                    }
-                    for e in self.events
-                ],
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+    def signed_bytes(self) -> bytes:
+        """The part of the wire body that the signature covers."""
+        agent = self.agent_id.encode("utf-8")
+        parts = [
+            MAGIC,
+            _U16.pack(len(agent)),
+            agent,
+            _HEAD_TAIL.pack(bytes.fromhex(self.nonce), self.sent_at, len(self.events)),
+        ]
+        for e in self.events:
+            payload = e.payload.encode("utf-8")
+            parts.append(
+                _EVENT.pack(
+                    e.seq,
+                    bytes.fromhex(e.prev_hash),
+                    bytes.fromhex(e.payload_hash),
+                    bytes.fromhex(e.link_hash),
+                    len(payload),
+                )
+            )
+            parts.append(payload)
+        return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +150,7 @@ def new_batch(
     """A batch of spooled events with a fresh nonce."""
     return Batch(
         agent_id=agent_id,
-        nonce=secrets.token_hex(16),
+        nonce=secrets.token_hex(_NONCE_BYTES),
         sent_at=sent_at,
         events=tuple(
             BatchEvent(
@@ -159,85 +166,68 @@ def new_batch(
 
 
 def seal_batch(batch: Batch, key: PrivateKey) -> bytes:
-    """The wire body: the batch JSON signed with the agent's identity key."""
-    inner = batch.to_json()
-    signature = key.sign(inner.encode("utf-8"))
-    return json.dumps(
-        {
-            "v": WIRE_VERSION,
-            "agent_id": batch.agent_id,
-            "batch": inner,
-            "sig": base64.b64encode(signature).decode(),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
-
-
-def _object(data: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BatchError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise BatchError(f"{what} is not a JSON object")
-    return obj
+    """The wire body: the framed batch and the agent identity key's signature over it."""
+    signed = batch.signed_bytes()
+    return _U32.pack(len(signed)) + signed + key.sign(signed)
 
 
 def read_envelope(body: bytes) -> SignedBatch:
-    """Parse the outer envelope only; nothing inside the batch is trusted yet.
+    """Split the body and read the agent id; nothing else inside is trusted yet.
 
     Raises:
-        BatchError: (400) not JSON, wrong version, missing or mistyped fields.
+        BatchError: (400) too short, wrong magic, lengths that do not add up.
     """
-    obj = _object(body, "batch envelope")
-    if obj.get("v") != WIRE_VERSION:
-        raise BatchError(f"unsupported batch version {obj.get('v')!r}; expected {WIRE_VERSION}")
-    unknown = set(obj) - {"v", "agent_id", "batch", "sig"}
-    if unknown:
-        raise BatchError(f"unknown field(s) in batch envelope: {sorted(unknown)}")
-    agent_id, inner, sig = obj.get("agent_id"), obj.get("batch"), obj.get("sig")
-    if not isinstance(agent_id, str) or not agent_id or len(agent_id) > 255:  # noqa: PLR2004
-        raise BatchError("batch envelope: agent_id must be a non-empty string")
-    if not isinstance(inner, str) or not isinstance(sig, str):
-        raise BatchError("batch envelope: batch and sig must be strings")
+    if len(body) < _U32.size + len(MAGIC) + _U16.size:
+        raise BatchError("batch body is too short to be a weightwarden batch")
+    (signed_len,) = _U32.unpack_from(body, 0)
+    signed = body[_U32.size : _U32.size + signed_len]
+    signature = body[_U32.size + signed_len :]
+    if len(signed) != signed_len or not signature:
+        raise BatchError("batch body is truncated (the signed part or signature is missing)")
+    if not signed.startswith(MAGIC):
+        raise BatchError(f"not a weightwarden batch (expected {MAGIC.decode()} framing)")
+    (agent_len,) = _U16.unpack_from(signed, len(MAGIC))
+    start = len(MAGIC) + _U16.size
+    raw_agent = signed[start : start + agent_len]
+    if not 0 < agent_len <= _MAX_AGENT_ID or len(raw_agent) != agent_len:
+        raise BatchError("batch agent id is empty, too long or truncated")
     try:
-        signature = base64.b64decode(sig, validate=True)
-    except (binascii.Error, ValueError):
-        raise BatchError("batch envelope: sig is not base64") from None
-    return SignedBatch(agent_id=agent_id, batch_bytes=inner.encode("utf-8"), signature=signature)
+        agent_id = raw_agent.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchError("batch agent id is not UTF-8") from None
+    return SignedBatch(agent_id=agent_id, batch_bytes=signed, signature=signature)
 
 
-def _hex64(value: object, where: str) -> str:
-    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):  # noqa: PLR2004
-        raise BatchError(f"{where} must be 64 lower-case hex digits")
-    return value
-
-
-def _event(raw: object, index: int) -> BatchEvent:
-    where = f"events[{index}]"
-    if not isinstance(raw, dict) or set(raw) != {
-        "seq",
-        "payload",
-        "prev_hash",
-        "payload_hash",
-        "link_hash",
-    }:
-        raise BatchError(
-            f"{where} must have exactly seq, payload, prev_hash, payload_hash, link_hash"
+def _parse_events(data: bytes, offset: int, count: int) -> tuple[BatchEvent, ...]:
+    events = []
+    size = len(data)
+    for index in range(count):
+        if offset + _EVENT.size > size:
+            raise BatchError(f"batch is truncated at event {index}")
+        seq, prev, payload_hash, link, length = _EVENT.unpack_from(data, offset)
+        offset += _EVENT.size
+        end = offset + length
+        if end > size:
+            raise BatchError(f"batch is truncated in event {index}'s payload")
+        if not 1 <= seq < 2**63:
+            raise BatchError(f"event {index}: seq must be a positive 63-bit integer")
+        try:
+            payload = data[offset:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BatchError(f"event {index}: payload is not UTF-8") from None
+        events.append(
+            BatchEvent(
+                seq=seq,
+                payload=payload,
+                prev_hash=prev.hex(),
+                payload_hash=payload_hash.hex(),
+                link_hash=link.hex(),
+            )
         )
-    seq, payload = raw["seq"], raw["payload"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
-        raise BatchError(f"{where}.seq must be a positive integer")
-    if not isinstance(payload, str):
-        raise BatchError(f"{where}.payload must be a string")
-    return BatchEvent(
-        seq=seq,
-        payload=payload,
-        prev_hash=_hex64(raw["prev_hash"], f"{where}.prev_hash"),
-        payload_hash=_hex64(raw["payload_hash"], f"{where}.payload_hash"),
-        link_hash=_hex64(raw["link_hash"], f"{where}.link_hash"),
-    )
+        offset = end
+    if offset != size:
+        raise BatchError(f"batch has {size - offset} bytes after its last event")
+    return tuple(events)
 
 
 def open_batch(
@@ -246,13 +236,12 @@ def open_batch(
     *,
     max_events: int,
 ) -> Batch:
-    """Verify the signature with the agent's registered key, then parse the batch.
+    """Verify the signature with the agent's registered key, then parse the events.
 
     Raises:
         BatchError: 403 unknown or revoked agent; 401 bad signature; 413 too many events;
-            400 malformed batch or an agent_id that differs from the envelope's. Whether the
-            events continue the agent's chain is the collector's check (gaps, forks and
-            replays are integrity findings, not refusals).
+            400 malformed batch. Whether the events continue the agent's chain is the
+            collector's check (gaps, forks and replays are integrity findings, not refusals).
     """
     key = key_for(signed.agent_id)
     if key is None:
@@ -261,21 +250,14 @@ def open_batch(
         raise BatchError(
             f"batch signature does not verify for agent {signed.agent_id!r}", status=401
         )
-    obj = _object(signed.batch_bytes, "batch")
-    if set(obj) != {"agent_id", "nonce", "sent_at", "events"}:
-        raise BatchError("batch must have exactly agent_id, nonce, sent_at, events")
-    if obj["agent_id"] != signed.agent_id:
-        raise BatchError("batch agent_id differs from the envelope's")
-    nonce, sent_at, raw_events = obj["nonce"], obj["sent_at"], obj["events"]
-    if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:  # noqa: PLR2004
-        raise BatchError("batch nonce must be a string of 16 to 64 characters")
-    if not isinstance(sent_at, int) or isinstance(sent_at, bool) or sent_at < 0:
-        raise BatchError("batch sent_at must be milliseconds since the epoch")
-    if not isinstance(raw_events, list) or not raw_events:
-        raise BatchError("batch events must be a non-empty array")
-    if len(raw_events) > max_events:
-        raise BatchError(
-            f"batch holds {len(raw_events)} events; the limit is {max_events}", status=413
-        )
-    events = tuple(_event(raw, i) for i, raw in enumerate(raw_events))
-    return Batch(agent_id=signed.agent_id, nonce=nonce, sent_at=sent_at, events=events)
+    data = signed.batch_bytes
+    offset = len(MAGIC) + _U16.size + len(signed.agent_id.encode("utf-8"))
+    if offset + _HEAD_TAIL.size > len(data):
+        raise BatchError("batch header is truncated")
+    nonce, sent_at, count = _HEAD_TAIL.unpack_from(data, offset)
+    if count == 0:
+        raise BatchError("batch holds no events")
+    if count > max_events:
+        raise BatchError(f"batch holds {count} events; the limit is {max_events}", status=413)
+    events = _parse_events(data, offset + _HEAD_TAIL.size, count)
+    return Batch(agent_id=signed.agent_id, nonce=nonce.hex(), sent_at=sent_at, events=events)

@@ -19,7 +19,7 @@ from weightwarden.errors import UsageError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["TensorSpec", "read_header", "write_safetensors"]
+__all__ = ["TensorSpec", "WrittenFile", "read_header", "write_safetensors"]
 
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1}
 _MAX_HEADER = 100 << 20
@@ -42,13 +42,23 @@ class TensorSpec:
         return n
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrittenFile:
+    """What :func:`write_safetensors` wrote: its size and SHA-256, computed while writing."""
+
+    size: int
+    sha256: str
+
+
 def write_safetensors(
     path: Path, tensors: list[TensorSpec], *, seed: bytes, metadata: dict[str, str] | None = None
-) -> int:
-    """Write a safetensors file whose data is unique pseudo-random bytes; return its size.
+) -> WrittenFile:
+    """Write a safetensors file whose data is unique pseudo-random bytes.
 
     The data comes from SHAKE-256 of ``seed`` so two files with different seeds never share
-    content (and a decoy never matches a real checkpoint's digest).
+    content (and a decoy never matches a real checkpoint's digest). The digest is taken as
+    the bytes are written, so nobody has to read the file back (a read of a decoy is an
+    alarm).
     """
     header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
@@ -61,20 +71,26 @@ def write_safetensors(
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
+    digest = hashlib.sha256()
+
+    def put(data: bytes) -> None:
+        out.write(data)
+        digest.update(data)
+
     with path.open("wb") as out:
-        out.write(struct.pack("<Q", len(raw)))
-        out.write(raw)
+        put(struct.pack("<Q", len(raw)))
+        put(raw)
         chunk = 1 << 20
         written = 0
         counter = 0
         while written < offset:
             n = min(chunk, offset - written)
-            out.write(hashlib.shake_256(seed + counter.to_bytes(8, "little")).digest(n))
+            put(hashlib.shake_256(seed + counter.to_bytes(8, "little")).digest(n))
             written += n
             counter += 1
         out.flush()
         os.fsync(out.fileno())
-    return 8 + len(raw) + offset
+    return WrittenFile(size=8 + len(raw) + offset, sha256=digest.hexdigest())
 
 
 def read_header(path: Path) -> dict[str, object]:
