@@ -102,6 +102,10 @@ class AgentConfig:
         if self.queue_size <= 0:
             msg = "queue_size must be positive"
             raise ValueError(msg)
+        for name in ("progress_interval", "egress_poll", "gpu_poll"):
+            if getattr(self, name) <= timedelta(0):
+                msg = f"{name} must be longer than 0s (it sets how often the agent works)"
+                raise ValueError(msg)
 
     @property
     def resolved_spool_dir(self) -> Path:
@@ -129,20 +133,25 @@ def load_agent_config(
 ) -> AgentConfig:
     """Read ``path`` (an ``[agent]`` table) if given, then apply command-line overrides.
 
+    Weight roots come back with symlinks resolved: the sensors report resolved paths, and
+    a root compared unresolved would match none of them.
+
     Raises:
-        ConfigError: the file is unreadable or invalid, or no weight root is configured.
+        ConfigError: the file is unreadable or invalid, or no weight root is configured,
+            or a root is not an existing folder.
     """
     config = load_config(path, _File).agent if path is not None else AgentConfig()
     if watch:
         config = replace(config, weight_roots=tuple(p.absolute() for p in watch))
     if spool is not None:
         config = replace(config, spool_dir=spool.absolute())
+    where = f"{path}: agent.weight_roots" if path is not None and not watch else "--watch"
     if not config.weight_roots:
-        where = f"{path}: agent.weight_roots" if path else "--watch"
         msg = f"{where}: no weight roots to watch; name at least one folder holding checkpoints"
         raise ConfigError(msg)
     for root in config.weight_roots:
         if not root.is_dir():
-            msg = f"weight root {root} is not a folder: create it or fix agent.weight_roots"
+            msg = f"{where}: weight root {root} is not a folder: create it or fix the setting"
             raise ConfigError(msg)
-    return config
+    resolved = tuple(dict.fromkeys(root.resolve() for root in config.weight_roots))
+    return replace(config, weight_roots=resolved)

@@ -2,6 +2,11 @@
 
 Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op, so the daemon runs the same
 way by hand. The environment is read once, by :meth:`SystemdNotifier.from_environ`.
+
+Sending is best effort, as with ``sd_notify(3)``: a socket that cannot be reached makes a
+call return False, never raise, so a shutdown still drains the spool and a missed
+keep-alive is left for systemd's watchdog to judge. A status is one line: line breaks in it
+become spaces, so it cannot add assignments (``READY=1``, ``MAINPID=``) of its own.
 """
 
 from __future__ import annotations
@@ -32,25 +37,33 @@ class SystemdNotifier:
         interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
         return cls(address, interval)
 
-    def _send(self, message: str) -> None:
+    def _send(self, message: str) -> bool:
         if self.address is None:
-            return
+            return False
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), target)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message.encode(errors="replace"), target)
+        except OSError:
+            return False
+        return True
 
-    def ready(self, status: str) -> None:
-        """Tell systemd start-up is complete."""
-        self._send(f"READY=1\nSTATUS={status}")
+    def ready(self, status: str) -> bool:
+        """Tell systemd start-up is complete; True if the message was delivered."""
+        return self._send(f"READY=1\nSTATUS={_one_line(status)}")
 
-    def watchdog(self) -> None:
+    def watchdog(self) -> bool:
         """Keep-alive; systemd kills and restarts the unit if these stop."""
-        self._send("WATCHDOG=1")
+        return self._send("WATCHDOG=1")
 
-    def status(self, status: str) -> None:
+    def status(self, status: str) -> bool:
         """A one-line status shown by ``systemctl status``."""
-        self._send(f"STATUS={status}")
+        return self._send(f"STATUS={_one_line(status)}")
 
-    def stopping(self) -> None:
+    def stopping(self) -> bool:
         """Tell systemd the daemon is shutting down."""
-        self._send("STOPPING=1")
+        return self._send("STOPPING=1")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())

@@ -1,4 +1,4 @@
-"""From sensor records to security events: attribution, sessions, canaries, seal triggers.
+r"""From sensor records to security events: attribution, sessions, canaries, seal triggers.
 
 :class:`EventPipeline` is called from the daemon's one pipeline thread. ``handle`` turns one
 :class:`~agent.sensors.SensorRecord` into zero or more events; ``tick`` does the periodic
@@ -14,6 +14,10 @@ What becomes an event:
 - a close after write elsewhere on a watched filesystem (``/tmp``, ``/dev/shm``, home): a
   copy check, reported only when the content matches a sealed file;
 - sensor overflow or an unwatched folder: a HIGH health finding, because events were lost.
+
+Paths stay as the kernel gave them inside the agent (sessions, usage probes, seal triggers,
+copy checks all need the real name); only the events spell undecodable bytes as ``\xNN``
+(:func:`agent.actor.event_text`), so a file named to be unencodable is still reported.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from agent.actor import unknown_actor
+from agent.actor import event_text, unknown_actor
 from agent.sealer import Change
 from agent.sensors import SensorEventKind
 from weightwarden.events import (
@@ -125,6 +129,8 @@ class EventPipeline:
         self.own_pids = own_pids
         """The agent's own processes: its reads while sealing are not accesses to report."""
         self._sample_cursor = 0
+        self._clocks = (0, 0.0)
+        """(wall ms, monotonic s) read once per record, so all its times agree."""
         self.unmatched_closes = 0
         self.ignored = 0
 
@@ -133,7 +139,9 @@ class EventPipeline:
         return path.startswith(self._prefixes)
 
     def _when(self, record: SensorRecord) -> int:
-        return self._wall_ms() - int((self._monotonic() - record.monotonic) * 1000)
+        """When the sensor read ``record``, in wall-clock ms (the same for all its events)."""
+        wall, monotonic = self._clocks
+        return wall - int((monotonic - record.monotonic) * 1000)
 
     def _actor(self, record: SensorRecord) -> Actor:
         if record.pid is None:
@@ -142,6 +150,7 @@ class EventPipeline:
 
     def handle(self, record: SensorRecord) -> list[Event]:  # noqa: PLR0911 -- one exit per kind
         """Events for one sensor record (often none: most of a filesystem is not ours)."""
+        self._clocks = (self._wall_ms(), self._monotonic())
         kind = record.kind
         if kind is SensorEventKind.OVERFLOW:
             return [self._overflow(record)]
@@ -188,7 +197,7 @@ class EventPipeline:
             device=self._device,
             activity=activity,
             actor=actor,
-            file=FileRef(path=str(record.path), size=record.size),
+            file=FileRef(path=event_text(str(record.path)), size=record.size),
             severity=Severity.CRITICAL if canary else Severity.INFORMATIONAL,
             sensor=self.sensor_name,
             canary=canary,
@@ -250,7 +259,7 @@ class EventPipeline:
             device=self._device,
             activity=FileActivityType.READ,
             actor=session.actor,
-            file=FileRef(path=session.path, size=size),
+            file=FileRef(path=event_text(session.path), size=size),
             severity=Severity.CRITICAL if canary else Severity.INFORMATIONAL,
             bytes_read=session.bytes_read,
             mmap_bytes=session.mmap_bytes,
@@ -271,7 +280,9 @@ class EventPipeline:
             _WRITE_KINDS[record.kind],
             actor,
             canary=canary,
-            file_result=FileRef(path=str(record.other_path)) if record.other_path else None,
+            file_result=(
+                FileRef(path=event_text(str(record.other_path))) if record.other_path else None
+            ),
         )
         if self._planner is not None:
             for changed in filter(None, (record.path, record.other_path)):
@@ -288,12 +299,16 @@ class EventPipeline:
         rss = self._usage.mapped_rss(session.pid, session.path) or None
         return replace(
             session,
-            bytes_read=max(filter(None, (session.bytes_read, position)), default=None),
-            mmap_bytes=max(filter(None, (session.mmap_bytes, rss)), default=None),
+            bytes_read=_larger(session.bytes_read, position),
+            mmap_bytes=_larger(session.mmap_bytes, rss),
         )
 
     def tick(self) -> list[Event]:
-        """Sample a bounded slice of open sessions; progress events for long-held files."""
+        """Sample a bounded slice of open sessions; progress events for long-held files.
+
+        A session due for progress whose process no longer exists is ended with a close
+        event carrying what its samples saw (its close event was lost).
+        """
         open_sessions = self._sessions.open_sessions()
         if open_sessions:
             start = self._sample_cursor % len(open_sessions)
@@ -305,15 +320,23 @@ class EventPipeline:
                     bytes_read=self._usage.read_position(session.pid, session.path),
                     mmap_bytes=self._usage.mapped_rss(session.pid, session.path) or None,
                 )
-        return [
-            self._session_event(
-                s,
-                record=None,
-                canary=self.canaries.is_canary(s.path),
-                phase=SessionPhase.PROGRESS,
+        now = self._wall_ms()
+        events: list[Event] = []
+        for session in self._sessions.due_progress(now):
+            phase = SessionPhase.PROGRESS
+            if not self._usage.alive(session.pid):
+                # Gone a whole interval without a close (lost to an overflow): end the
+                # session rather than report a dead process as holding the file forever.
+                self._sessions.discard(session.uid)
+                if self._egress is not None:
+                    self._egress.release(session.uid, now_ms=now)
+                phase = SessionPhase.CLOSE
+            events.append(
+                self._session_event(
+                    session, record=None, canary=self.canaries.is_canary(session.path), phase=phase
+                )
             )
-            for s in self._sessions.due_progress(self._wall_ms())
-        ]
+        return events
 
     def _overflow(self, record: SensorRecord) -> DetectionFinding:
         return health_finding(
@@ -339,3 +362,12 @@ class EventPipeline:
             ),
             severity=Severity.HIGH,
         )
+
+
+def _larger(seen: int | None, sample: int | None) -> int | None:
+    """The larger of two measurements, where None means "not measured" (0 is a measurement)."""
+    if seen is None:
+        return sample
+    if sample is None:
+        return seen
+    return max(seen, sample)

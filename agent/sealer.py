@@ -86,10 +86,26 @@ class SealPlanner:
         """The quiet interval."""
         return self._quiet
 
-    def mark_sealed(self, checkpoint: str) -> None:
-        """The checkpoint has a seal now (or had one when the agent started)."""
+    def mark_sealed(self, checkpoint: str, *, since: int | None = None) -> None:
+        """The checkpoint has a seal now (or had one when the agent started).
+
+        Args:
+            checkpoint: The sealed checkpoint.
+            since: When hashing for this seal began. A change seen from then on may be
+                missing from the seal, so it is kept and re-verified like a change to a
+                sealed checkpoint. None (a seal found at start-up) drops pending changes.
+        """
         self._sealed.add(checkpoint)
-        self._dirty.pop(checkpoint, None)
+        pending = self._dirty.pop(checkpoint, None)
+        if since is None or pending is None:
+            return
+        late = [c for c in pending.changes if c.time >= since]
+        capped = len(pending.changes) >= self._max_changes and pending.last_change >= since
+        if not late and not capped:
+            return
+        target = self._suspect.setdefault(checkpoint, _Pending(last_change=pending.last_change))
+        target.last_change = max(target.last_change, pending.last_change)
+        target.changes.extend(late[: self._max_changes - len(target.changes)])
 
     def forget(self, checkpoint: str) -> None:
         """The checkpoint is gone and its seal retired."""
@@ -144,8 +160,42 @@ class SealRecord:
     files: int
 
 
+_RECORD_TYPES = {
+    "checkpoint": str,
+    "signature": str,
+    "root_digest": str,
+    "sealed_at": int,
+    "files": int,
+}
+
+
+def _parse_index(raw: object) -> dict[str, SealRecord]:
+    """The records of a parsed index.
+
+    Raises:
+        TypeError: not an object of records, or a record with missing, unknown or
+            wrongly typed fields (an edited or damaged index).
+    """
+    if not isinstance(raw, dict):
+        msg = f"expected a JSON object, got {type(raw).__name__}"
+        raise TypeError(msg)
+    records = {k: SealRecord(**v) for k, v in raw.items()}
+    for record in records.values():
+        for name, kind in _RECORD_TYPES.items():
+            value = getattr(record, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                msg = f"{record.checkpoint!r}: {name} must be {kind.__name__}, got {value!r}"
+                raise TypeError(msg)
+    return records
+
+
 class SealStore:
-    """Bundles and their index in ``state_dir/seals``, written atomically."""
+    """Bundles and their index in ``state_dir/seals``, written atomically.
+
+    A checkpoint holding a name that is not UTF-8 is sealed and verified without the digest
+    cache (which cannot store such names), so it is fully re-hashed each time: never left
+    unsealed, and a file renamed to such a name still shows up as a change.
+    """
 
     def __init__(self, state_dir: Path, key: PrivateKey) -> None:
         self._dir = state_dir / "seals"
@@ -160,11 +210,11 @@ class SealStore:
         if not self._index_path.exists():
             return {}
         try:
-            raw = json.loads(self._index_path.read_text())
-            return {k: SealRecord(**v) for k, v in raw.items()}
+            records = _parse_index(json.loads(self._index_path.read_text()))
         except (OSError, ValueError, TypeError) as exc:
             msg = f"seal index {self._index_path} is unreadable ({exc}); move it away to re-seal"
             raise UsageError(msg) from exc
+        return records
 
     def _save(self) -> None:
         data = json.dumps(
@@ -181,7 +231,7 @@ class SealStore:
 
     def signature_path(self, checkpoint: str) -> Path:
         """Where the bundle for ``checkpoint`` lives."""
-        digest = hashlib.sha256(checkpoint.encode()).hexdigest()[:24]
+        digest = hashlib.sha256(os.fsencode(checkpoint)).hexdigest()[:24]
         return self._dir / f"{Path(checkpoint).name}.{digest}.sig"
 
     def seal(self, checkpoint: str, now: int) -> SealResult:
@@ -190,12 +240,13 @@ class SealStore:
         Raises:
             SealInputError: a file changed while hashed, or the checkpoint cannot be read.
         """
-        result = seal(
-            Path(checkpoint),
-            self._key,
-            signature_path=self.signature_path(checkpoint),
-            cache=self._cache,
-        )
+        signature_path = self.signature_path(checkpoint)
+        try:
+            result = seal(
+                Path(checkpoint), self._key, signature_path=signature_path, cache=self._cache
+            )
+        except UnicodeEncodeError:  # the digest cache cannot store a non-UTF-8 name
+            result = seal(Path(checkpoint), self._key, signature_path=signature_path)
         self.records[checkpoint] = SealRecord(
             checkpoint=checkpoint,
             signature=str(result.signature_path),
@@ -211,12 +262,13 @@ class SealStore:
         record = self.records[checkpoint]
         if not Path(checkpoint).exists():
             return None
-        return verify(
-            Path(checkpoint),
-            self._public,
-            signature_path=Path(record.signature),
-            cache=self._cache,
-        )
+        signature_path = Path(record.signature)
+        try:
+            return verify(
+                Path(checkpoint), self._public, signature_path=signature_path, cache=self._cache
+            )
+        except UnicodeEncodeError:  # same; a rename to such a name must still be seen
+            return verify(Path(checkpoint), self._public, signature_path=signature_path)
 
     def manifest(self, checkpoint: str) -> Manifest | None:
         """The manifest of a stored seal, if its bundle still verifies with the agent's key."""

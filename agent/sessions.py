@@ -7,7 +7,8 @@ descriptor's position from fdinfo for ``read`` calls, the mapping's Rss from sma
 ``mmap``) and once more at close if the process is still alive; the largest value seen
 wins. A reader that exits between samples leaves ``bytes_read`` unknown rather than
 guessed. A session held longer than the progress interval yields a progress event each
-interval (a serving job mapping its weights for days).
+interval (a serving job mapping its weights for days); one whose process has gone without
+a close being seen (lost in an overflow) is ended instead, with :meth:`SessionTracker.discard`.
 
 The tracker is pure: times are passed in (milliseconds), nothing reads ``/proc`` here.
 It is bounded: past ``max_sessions`` the oldest session is evicted and counted.
@@ -63,6 +64,15 @@ class SessionTracker:
     """Open sessions by (pid, path), bounded, with progress scheduling."""
 
     def __init__(self, *, agent_id: str, progress_interval_ms: int, max_sessions: int) -> None:
+        """Start empty.
+
+        Raises:
+            ValueError: ``max_sessions`` below 1 (there would be no room for any session)
+                or ``progress_interval_ms`` not positive (a progress event every tick).
+        """
+        if max_sessions < 1 or progress_interval_ms <= 0:
+            msg = "a SessionTracker needs max_sessions >= 1 and progress_interval_ms > 0"
+            raise ValueError(msg)
         self._prefix = agent_id
         self._interval = progress_interval_ms
         self._max = max_sessions
@@ -105,6 +115,13 @@ class SessionTracker:
             return None
         session = self._open[uids[-1]]
         self._forget(session)
+        return session
+
+    def discard(self, uid: str) -> Session | None:
+        """End the session ``uid`` (its process is gone and its close was never seen)."""
+        session = self._open.get(uid)
+        if session is not None:
+            self._forget(session)
         return session
 
     def open_sessions(self) -> list[Session]:

@@ -540,6 +540,9 @@ def test_a_backlog_at_its_bound_makes_the_listener_wait(pipes: Pipes) -> None:
     os.set_blocking(pipes.read, True)
 
     def parent() -> None:
+        # A slow parent: start reading only once the pipe and the backlog are surely full,
+        # so the listener must wait (however fast this machine schedules threads).
+        time.sleep(0.5)
         data = b""
         while chunk := os.read(pipes.read, 4096):
             data += chunk
