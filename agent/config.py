@@ -59,11 +59,21 @@ class SpoolSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CollectorSettings:
-    """Where the shipper sends batches (used once the collector is configured)."""
+    """Where the shipper sends batches; no ``url`` means events stay in the local spool."""
 
     url: str | None = None
+    """The collector's HTTP(S) address; enrollment always uses it."""
     ca_file: Path | None = None
     pinned_sha256: str | None = None
+    """SHA-256 of the collector's certificate (hex); a mismatch stops shipping."""
+    enroll_token_file: Path | None = None
+    """A one-time token from ``weightwarden collector enroll`` (first start only)."""
+    transport: Literal["http", "nats"] = "http"
+    nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    nats_stream: str = "WEIGHTWARDEN"
+    nats_subject_prefix: str = "weightwarden.batches"
+    batch_size: int = 1000
+    timeout: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

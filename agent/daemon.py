@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.actor import actor_from_attribution, unknown_actor
+from agent.actor import actor_from_attribution, event_text, unknown_actor
 from agent.attribution import (
     Attributor,
     ExecCache,
@@ -44,7 +44,9 @@ from agent.attribution import (
 from agent.canary import CanaryRegistry
 from agent.copies import CopyDetector, CopyIndex
 from agent.egress import EgressWatcher
+from agent.enroll import ensure_enrolled
 from agent.gpu import GpuMonitor, GpuSnapshot, gpu_holdings
+from agent.identity import load_or_create_identity
 from agent.notify import SystemdNotifier
 from agent.pipeline import EventPipeline, UsageProbe, health_finding
 from agent.sealer import Change, SealPlanner, SealStore
@@ -55,9 +57,10 @@ from agent.sensors import (
     probe_fanotify,
 )
 from agent.sessions import SessionTracker
+from agent.shipper import HttpTransport, NatsTransport, Shipper
 from agent.spool import Spool
 from weightwarden.crypto.keys import load_private_key
-from weightwarden.errors import ConfigError, SealInputError, WeightwardenError
+from weightwarden.errors import ConfigError, EventFormatError, SealInputError, WeightwardenError
 from weightwarden.events import (
     Actor,
     Device,
@@ -68,6 +71,7 @@ from weightwarden.events import (
     SealInfo,
     SealStatus,
     Severity,
+    canonical_bytes,
 )
 from weightwarden.log import get_logger
 
@@ -169,8 +173,10 @@ class Daemon:
         *,
         environ: Mapping[str, str],
         proc_root: Path = Path("/proc"),
+        enroll_token: str | None = None,
     ) -> None:
         self.config = config
+        self._enroll_token = enroll_token
         self._proc_root = proc_root
         self._notifier = SystemdNotifier.from_environ(environ)
         self._device = Device(hostname=config.hostname, agent_id=config.resolved_agent_id)
@@ -200,6 +206,7 @@ class Daemon:
             full_policy=spool_cfg.full_policy,
             synchronous=spool_cfg.synchronous,
         )
+        self.shipper = self._open_shipper()
         self.canaries = CanaryRegistry.load(cfg.resolved_canary_registry)
         self._canary_stamp = _mtime_ns(cfg.resolved_canary_registry)
         self.records = RecordQueue(maxsize=cfg.queue_size, clock=time.monotonic)
@@ -283,6 +290,52 @@ class Daemon:
             gpu=gpu,
         )
         self._first_gpu = first
+
+    def _open_shipper(self) -> Shipper | None:
+        """Enroll on first start and build the shipper, if a collector is configured."""
+        settings = self.config.collector
+        if settings.url is None:
+            return None
+        identity = load_or_create_identity(self.config.state_dir)
+        token = self._enroll_token
+        if token is None and settings.enroll_token_file is not None:
+            try:
+                token = settings.enroll_token_file.read_text().strip() or None
+            except OSError as exc:
+                msg = f"cannot read agent.collector.enroll_token_file: {exc.strerror}"
+                raise ConfigError(msg) from exc
+        timeout = settings.timeout.total_seconds()
+        ensure_enrolled(
+            settings.url,
+            token,
+            agent_id=self.config.resolved_agent_id,
+            identity=identity,
+            ca_file=settings.ca_file,
+            pinned_sha256=settings.pinned_sha256,
+            timeout=timeout,
+        )
+        transport: HttpTransport | NatsTransport = (
+            HttpTransport(
+                settings.url,
+                ca_file=settings.ca_file,
+                pinned_sha256=settings.pinned_sha256,
+                timeout=timeout,
+            )
+            if settings.transport == "http"
+            else NatsTransport(
+                settings.nats_servers,
+                stream=settings.nats_stream,
+                subject_prefix=settings.nats_subject_prefix,
+            )
+        )
+        return Shipper(
+            self.spool,
+            agent_id=self.config.resolved_agent_id,
+            identity=identity,
+            transport=transport,
+            batch_size=settings.batch_size,
+            device=self._device,
+        )
 
     def _sensor_roots(self, *, with_copy_watch: bool) -> list[Path]:
         roots = list(self.config.weight_roots)
@@ -391,8 +444,8 @@ class Daemon:
             file=match.file_ref(),
             severity=Severity.CRITICAL if removable else Severity.HIGH,
             sensor="copy-detector",
-            copy_source=match.sources[0],
-            related_paths=match.sources,
+            copy_source=event_text(match.sources[0]),
+            related_paths=tuple(event_text(p) for p in match.sources),
         )
 
     def _submit_index_copies(self, checkpoint: str) -> None:
@@ -415,6 +468,8 @@ class Daemon:
 
         def task() -> Followup | None:
             now = _wall_ms()
+            if not Path(checkpoint).exists():
+                return lambda: self._forget(checkpoint)
             if _newest_mtime_ms(Path(checkpoint)) > now - planner.quiet_ms:
                 return lambda: self._postpone(checkpoint)
             try:
@@ -426,7 +481,7 @@ class Daemon:
             self.copy_index.add_seal(result)
 
             def done() -> list[Event]:
-                planner.mark_sealed(checkpoint)
+                planner.mark_sealed(checkpoint, since=now)
                 return [
                     FileActivity(
                         uid=uuid.uuid4().hex,
@@ -434,7 +489,9 @@ class Daemon:
                         device=self._device,
                         activity=FileActivityType.OTHER,
                         actor=self._own_actor(),
-                        file=FileRef(path=checkpoint, hashes={"sha256": record.root_digest}),
+                        file=FileRef(
+                            path=event_text(checkpoint), hashes={"sha256": record.root_digest}
+                        ),
                         sensor="sealer",
                         seal=SealInfo(
                             status=SealStatus.INTACT,
@@ -450,6 +507,12 @@ class Daemon:
             return done
 
         self._worker.submit(task)
+
+    def _forget(self, checkpoint: str) -> list[Event]:
+        """An unsealed checkpoint vanished before it was sealed: nothing left to seal."""
+        if self.planner is not None:
+            self.planner.forget(checkpoint)
+        return []
 
     def _postpone(self, checkpoint: str) -> list[Event]:
         if self.planner is not None:
@@ -508,7 +571,7 @@ class Daemon:
                     device=self._device,
                     activity=activity,
                     actor=actor,
-                    file=FileRef(path=path),
+                    file=FileRef(path=event_text(path)),
                     severity=Severity.HIGH,
                     sensor="sealer",
                     seal=SealInfo(
@@ -532,7 +595,7 @@ class Daemon:
                 device=self._device,
                 activity=FileActivityType.OTHER,
                 actor=actor,
-                file=FileRef(path=checkpoint),
+                file=FileRef(path=event_text(checkpoint)),
                 severity=Severity.HIGH,
                 sensor="sealer",
                 seal=SealInfo(
@@ -683,8 +746,34 @@ class Daemon:
         for followup in self._worker.drain():
             events += followup()
         if events:
-            self.spool.append(events)
+            self._spool(events)
+            if self.shipper is not None:
+                self.shipper.wake()
         return handled
+
+    def _spool(self, events: list[Event]) -> None:
+        """Append a batch; an event that cannot be encoded is replaced by a finding saying so."""
+        try:
+            self.spool.append(events)
+        except (EventFormatError, ValueError):
+            kept: list[Event] = []
+            for event in events:
+                try:
+                    canonical_bytes(event)
+                except (EventFormatError, ValueError) as exc:
+                    log.exception("an event could not be encoded")
+                    kept.append(
+                        health_finding(
+                            device=self._device,
+                            now_ms=_wall_ms(),
+                            title="An event could not be recorded",
+                            description=f"{type(event).__name__} {event.uid}: {exc}",
+                            severity=Severity.HIGH,
+                        )
+                    )
+                else:
+                    kept.append(event)
+            self.spool.append(kept)
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or a component dies; return the exit code."""
@@ -710,6 +799,8 @@ class Daemon:
                 severity=Severity.INFORMATIONAL if self_test else Severity.HIGH,
             )
             self.spool.append([startup, *self._gpu_events(self._first_gpu)])
+            if self.shipper is not None:
+                self.shipper.start()
             self._notifier.ready(status.line())
             log.info("agent started", status=status.line(), self_test=self_test)
             while not self._stop.is_set():
@@ -742,6 +833,8 @@ class Daemon:
                 while self._process(first_wait=0) > 0:
                     pass
         self._worker.stopping.set()
+        if self.shipper is not None:
+            self.shipper.stop(5.0)
         if self.exec_watcher is not None:
             self.exec_watcher.stop()
         self.gpu.close()

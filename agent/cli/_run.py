@@ -35,6 +35,12 @@ def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action 
     )
     p.add_argument("--spool", type=Path, metavar="DIR", help="spool folder (default: state dir)")
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="replaces agent.state_dir")
+    p.add_argument("--collector", metavar="URL", help="replaces agent.collector.url")
+    p.add_argument(
+        "--enroll-token",
+        metavar="TOKEN",
+        help="one-time token from `weightwarden collector enroll` (needed on first start only)",
+    )
     p.set_defaults(func=_run, uses_logging=True)
 
 
@@ -47,4 +53,6 @@ def _run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config, watch=tuple(args.watch), spool=args.spool)
     if args.state_dir is not None:
         config = replace(config, state_dir=args.state_dir.absolute())
-    return Daemon(config, environ=os.environ).run()
+    if args.collector is not None:
+        config = replace(config, collector=replace(config.collector, url=args.collector))
+    return Daemon(config, environ=os.environ, enroll_token=args.enroll_token).run()

@@ -178,14 +178,14 @@ def test_a_canary_open_is_critical(agent):
     planted = json.loads(registry.read_text())["canaries"][0]["path"]
     time.sleep(2.5)  # the agent notices the registry changed within its tick
     subprocess.run(["cat", planted], stdout=subprocess.DEVNULL, check=True)
-    events = _wait_for(
-        spool, lambda e: e.get("file", {}).get("path") == planted and _ext(e).get("canary")
-    )
-    hit = next(
-        e for e in events if e.get("file", {}).get("path") == planted and _ext(e).get("canary")
-    )
+
+    def by_cat(e: dict) -> bool:
+        exe = e.get("actor", {}).get("process", {}).get("file", {}).get("path", "")
+        return e.get("file", {}).get("path") == planted and exe.endswith("/cat")
+
+    events = _wait_for(spool, lambda e: by_cat(e) and _ext(e).get("canary"))
+    hit = next(e for e in events if by_cat(e) and _ext(e).get("canary"))
     assert hit["severity_id"] == 5
-    assert hit["actor"]["process"]["file"]["path"].endswith("/cat")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
 
