@@ -6,12 +6,26 @@ batch's new events, advances the agent's chain head (compare-and-set on the head
 given, so two collector workers can never both extend one agent's chain), records the
 batch nonce (a nonce seen before is a replay) and stores the alerts derived from the
 batch, all atomically: a batch is either wholly stored or not at all.
+
+What a store raises::
+
+    HeadMoved                 the head moved, the batch's nonce or one of its events is
+                              already stored, or the agent was revoked: re-read and re-check
+    StoreError                (WeightwardenError, exit 70) the database cannot be reached,
+                              opened or written; the message says what to check
+    ConfigError               (exit 78) the database was written by a newer weightwarden
+    UsageError                (exit 2) an enrolled agent registered again
+    ValueError                arguments that break the store's invariants (a caller bug)
+
+An alert whose ``id`` is already stored is kept as it was (adding it again is a no-op).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from weightwarden.errors import WeightwardenError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -24,6 +38,7 @@ __all__ = [
     "HeadMoved",
     "QuarantinedBatch",
     "Store",
+    "StoreError",
     "StoredEvent",
 ]
 
@@ -50,7 +65,8 @@ class StoredEvent:
     """One event as stored: the canonical payload, its chain link, and index columns.
 
     Imported events (``collector import``) have ``agent_id`` ``import:<source>``, their own
-    running ``seq`` and empty hash fields: they are not part of any agent's chain.
+    running ``seq`` (assigned by :meth:`Store.import_events`) and empty hash fields: they
+    are not part of any agent's chain.
     """
 
     agent_id: str
@@ -99,7 +115,20 @@ class QuarantinedBatch:
 
 
 class HeadMoved(Exception):  # noqa: N818 -- a signal between store and ingest, not an error
-    """``ingest`` found the agent's head moved since it was read; re-read and retry."""
+    """``ingest`` found the agent's head moved since it was read; re-read and retry.
+
+    Also raised when the batch's nonce or one of its ``(agent_id, seq)`` is already stored
+    (another worker stored it first), or the agent was revoked since it was read: the
+    re-read shows which.
+    """
+
+
+class StoreError(WeightwardenError):
+    """The database cannot be reached, opened or written; the message says what to check.
+
+    The operation did not happen (a write is rolled back), except that a failure while
+    committing leaves it unknown whether the commit landed: re-read before retrying.
+    """
 
 
 class Store(Protocol):
@@ -113,7 +142,15 @@ class Store(Protocol):
         """Atomically use the token: true only if unused, unexpired and issued for ``host``."""
 
     def register_agent(self, *, agent_id: str, public_key_pem: str, now: int) -> None:
-        """Register (or re-key, if revoked) an agent; its head starts at 0 / GENESIS."""
+        """Register (or re-key, if revoked) an agent; its head starts at 0 / GENESIS.
+
+        A re-keyed agent keeps its stored events and its head: its chain continues (an
+        agent whose spool was wiped starts again at seq 1, which is a fork; enroll such a
+        host under a new agent id).
+
+        Raises:
+            UsageError: The agent is enrolled and not revoked.
+        """
 
     def agent(self, agent_id: str) -> AgentRecord | None:
         """One agent, or None."""
@@ -155,7 +192,13 @@ class Store(Protocol):
         """Every quarantined batch, oldest first."""
 
     def import_events(self, events: Sequence[StoredEvent], alerts: Sequence[Alert]) -> int:
-        """Store imported (unchained) events; return how many were new (by uid)."""
+        """Store imported (unchained) events; return how many were new (by uid).
+
+        Each event's ``agent_id`` must start with ``import:``; an event whose uid is already
+        stored among imported events (or earlier in ``events``) is skipped. The store
+        numbers the new events of each source after the ones it holds (the ``seq`` given
+        is ignored).
+        """
 
     # -- reading ---------------------------------------------------------------------
     def events(
@@ -166,7 +209,7 @@ class Store(Protocol):
         until: int | None = None,
         limit: int | None = None,
     ) -> Iterator[StoredEvent]:
-        """Events by (time, agent, seq)."""
+        """Events by (time, agent, seq), with ``since <= time < until``."""
 
     def chain(self, agent_id: str) -> Iterator[StoredEvent]:
         """One agent's stored events by seq, for re-verification."""
@@ -178,10 +221,8 @@ class Store(Protocol):
     def add_alerts(self, alerts: Sequence[Alert]) -> None:
         """Store alerts raised outside ingest (detectors run over stored events)."""
 
-    def alerts(
-        self, *, status: AlertStatus | None = None, since: int | None = None
-    ) -> list[Alert]:
-        """Alerts, newest first."""
+    def alerts(self, *, status: AlertStatus | None = None, since: int | None = None) -> list[Alert]:
+        """Alerts, newest first; ``since`` compares with ``created_at``."""
 
     def alert(self, alert_id: str) -> Alert | None:
         """One alert (by id, or by a unique prefix of at least 6 characters)."""
@@ -195,7 +236,11 @@ class Store(Protocol):
         note: str | None,
         now: int,
     ) -> Alert | None:
-        """Record a triage decision; None if there is no such alert."""
+        """Record a triage decision; None if there is no such alert.
+
+        ``alert_id`` may be a unique prefix (as for :meth:`alert`); a ``note`` of None keeps
+        the note the alert has.
+        """
 
     def close(self) -> None:
         """Release connections."""
