@@ -1,0 +1,164 @@
+"""What every collector and alerts command shares: where the record is, times, safe text.
+
+Only the command line reads the environment: ``--dir`` defaults to
+``$WEIGHTWARDEN_COLLECTOR_DIR``, else ``/var/lib/weightwarden/collector``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from collector.config import DEFAULT_DIR, DIR_ENV, load_settings
+from weightwarden.config import parse_duration
+from weightwarden.errors import UsageError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+
+    from collector.config import CollectorSettings
+    from collector.store import Store
+
+__all__ = [
+    "add_store_options",
+    "collector_dir",
+    "now_ms",
+    "open_from_args",
+    "parse_since",
+    "parse_ttl",
+    "safe",
+    "settings_from_args",
+    "table",
+    "utc",
+]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+def now_ms() -> int:
+    """Wall-clock time, milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--dir DIR`` and ``--db URL``."""
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help=f"collector directory (default: ${DIR_ENV}, else {DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="the database instead of DIR's: a path, sqlite:///PATH or postgresql://...",
+    )
+
+
+def collector_dir(args: argparse.Namespace) -> Path:
+    """``--dir``, else ``$WEIGHTWARDEN_COLLECTOR_DIR``, else the default directory."""
+    if args.dir is not None:
+        return Path(args.dir)
+    env = os.environ.get(DIR_ENV)
+    return Path(env) if env else DEFAULT_DIR
+
+
+def settings_from_args(args: argparse.Namespace) -> CollectorSettings:
+    """The collector directory's settings.
+
+    Raises:
+        ConfigError: ``DIR/collector.toml`` is missing or invalid.
+    """
+    return load_settings(collector_dir(args))
+
+
+def open_from_args(args: argparse.Namespace) -> Store:
+    """The store ``--db`` names, else the one DIR's config names.
+
+    Raises:
+        ConfigError: No ``--db`` and DIR has no valid config.
+        UsageError: ``--db`` is malformed.
+        StoreError: The database cannot be opened.
+    """
+    from collector.store import open_store  # noqa: PLC0415 -- psycopg only when needed
+
+    if args.db:
+        return open_store(args.db)
+    settings = settings_from_args(args)
+    return open_store(settings.db, synchronous=settings.config.collector.synchronous)
+
+
+def parse_since(text: str, now: int) -> int:
+    """``--since``: an ISO-8601 time (UTC without an offset) or a duration ago (``10m``).
+
+    Raises:
+        UsageError: ``text`` is neither.
+    """
+    try:
+        return now - parse_duration(text) // _ONE_MS
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected an ISO-8601 time like 2024-05-01T12:00:00Z "
+            "or a duration like 10m, 2h or 1d"
+        ) from None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def parse_ttl(text: str) -> int:
+    """``--ttl``: a duration like ``24h`` or ``30m``, in milliseconds.
+
+    Raises:
+        UsageError: Not a positive duration.
+    """
+    try:
+        ttl = parse_duration(text) // _ONE_MS
+    except ValueError:
+        ttl = 0
+    if ttl <= 0:
+        raise UsageError(f"--ttl {text!r}: expected a positive duration like 24h, 30m or 7d")
+    return ttl
+
+
+def utc(ms: int | None) -> str:
+    """Milliseconds since the epoch as ``2024-05-01T12:00:00.000Z`` (``-`` for None)."""
+    if ms is None:
+        return "-"
+    try:
+        moment = _EPOCH + ms * _ONE_MS
+    except OverflowError:
+        return str(ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def safe(text: str | None, limit: int = 0) -> str:
+    """Text for a terminal: control and format characters escaped, cut to ``limit``."""
+    if text is None:
+        return "-"
+    out = "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"}
+        else ch
+        for ch in text
+    )
+    if limit and len(out) > limit:
+        return out[: limit - 1] + "…"
+    return out
+
+
+def table(rows: Iterable[tuple[str, ...]], widths: tuple[int, ...]) -> Iterable[str]:
+    """Lines of a table: each cell padded to its width (0: the last, unbounded column)."""
+    for row in rows:
+        cells = [safe(cell, width).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        yield "  ".join(cells).rstrip() + "\n"

@@ -1,0 +1,247 @@
+"""``weightwarden collector import FILE`` and ``weightwarden collector export``: OCSF lines.
+
+Import reads OCSF 1.x JSON lines (``weightwarden agent events`` output, or any OCSF source
+of the classes weightwarden reads), checks every line first (a bad line is an error naming
+the file and line, and nothing is imported), then stores the events as
+``import:<source>`` (not part of any agent's chain; an event whose uid was imported before
+is skipped) with the alerts the rules raise on them (the same events give the same alert
+ids, so importing a file twice raises nothing twice).
+
+Export writes the stored events, oldest first, one OCSF JSON object per line (sorted
+keys, no whitespace). An agent's event carries its place in the agent's hash chain under
+``unmapped.weightwarden.chain`` (``{agent_id, seq, prev_hash, payload_hash, link_hash}``),
+as ``weightwarden agent events`` writes it: remove that key (and ``unmapped`` if it is
+then empty) and re-serialise canonically to check ``payload_hash``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from collector.alerts import alerts_for_events
+from collector.cli._common import add_store_options, now_ms, open_from_args, parse_since
+from collector.store import StoredEvent
+from weightwarden.errors import EventFormatError, UsageError
+from weightwarden.events import (
+    EXTENSION_KEY,
+    ComplianceFinding,
+    DetectionFinding,
+    FileActivity,
+    NetworkActivity,
+    ProcessActivity,
+    canonical_bytes,
+    from_json_line,
+)
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
+
+    from collector.store import Store
+    from weightwarden.events import Event
+
+__all__ = ["export_line", "register"]
+
+_CHUNK: Final = 5000
+_MAX_LINE: Final = 1 << 20
+_CLASS_UIDS: Final[dict[type, int]] = {
+    FileActivity: 1001,
+    ProcessActivity: 1007,
+    NetworkActivity: 4001,
+    ComplianceFinding: 2003,
+    DetectionFinding: 2004,
+}
+
+
+def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``collector import`` and ``collector export``."""
+    imp = sub.add_parser(
+        "import",
+        help="store OCSF JSON lines from FILE (or - for stdin)",
+        description=(
+            "Store the events of an OCSF JSON-lines file as source import:SOURCE. Every "
+            "line is checked first; a bad line stops the import before anything is stored "
+            "(exit 2, naming the line). Events already imported (same uid) are skipped."
+        ),
+    )
+    imp.add_argument("file", metavar="FILE", help="OCSF JSON lines, or - for stdin")
+    imp.add_argument("--format", choices=("ocsf",), required=True, help="the file's format")
+    imp.add_argument("--source", metavar="NAME", help="source name (default: the file name)")
+    add_store_options(imp)
+    imp.set_defaults(func=_run_import)
+
+    exp = sub.add_parser(
+        "export",
+        help="write stored events as OCSF JSON lines",
+        description="Write the stored events, oldest first, one OCSF JSON object per line.",
+    )
+    exp.add_argument("--format", choices=("ocsf",), required=True, help="the output format")
+    exp.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only events at or after TIME: ISO-8601 (UTC if no offset) or a duration ago",
+    )
+    exp.add_argument("--agent", metavar="AGENT", help="only this agent's (or source's) events")
+    exp.add_argument("--output", type=Path, metavar="FILE", help="write here instead of stdout")
+    add_store_options(exp)
+    exp.set_defaults(func=_run_export)
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+def _lines(name: str) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines of FILE (or stdin).
+
+    Raises:
+        UsageError: The file cannot be read or is not UTF-8.
+    """
+    try:
+        stream: TextIO = (
+            sys.stdin if name == "-" else Path(name).open(encoding="utf-8")  # noqa: SIM115
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    try:
+        for number, line in enumerate(stream, start=1):
+            if len(line) > _MAX_LINE:
+                raise UsageError(f"{name}:{number}: line longer than {_MAX_LINE} characters")
+            if line.strip():
+                yield number, line
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text: {exc.reason}") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _decode(name: str) -> Iterator[Event]:
+    for number, line in _lines(name):
+        try:
+            yield from_json_line(line)
+        except EventFormatError as exc:
+            raise UsageError(f"{name}:{number}: {exc}") from None
+
+
+def _stored(event: Event, source: str, received_at: int) -> StoredEvent:
+    return StoredEvent(
+        agent_id=source,
+        seq=0,
+        payload=canonical_bytes(event).decode("utf-8"),
+        prev_hash="",
+        payload_hash="",
+        link_hash="",
+        uid=event.uid,
+        time=event.time,
+        class_uid=_CLASS_UIDS[type(event)],
+        activity_id=int(event.activity),
+        severity_id=int(event.severity),
+        received_at=received_at,
+    )
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    name = args.file
+    if name == "-" and not args.source:
+        raise UsageError("importing from stdin (-) needs --source NAME")
+    source = "import:" + (args.source or Path(name).name)
+    if name == "-":
+        events: Iterator[Event] = iter(list(_decode(name)))  # stdin is read once, checked whole
+    else:
+        for _ in _decode(name):  # the first pass: every line must decode before any is stored
+            pass
+        events = _decode(name)
+    store = open_from_args(args)
+    seen = new = alerts = 0
+    try:
+        while chunk := list(islice(events, _CHUNK)):
+            now = now_ms()
+            found = alerts_for_events(chunk, agent_id=source, now=now)
+            new += store.import_events([_stored(e, source, now) for e in chunk], found)
+            seen += len(chunk)
+            alerts += len(found)
+    finally:
+        store.close()
+    print(
+        f"imported {new} new events ({seen - new} already stored) from {name} as {source}; "
+        f"{alerts} alert(s) raised"
+    )
+    return 0
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def export_line(event: StoredEvent) -> str | None:
+    """One stored event as an OCSF line, with its chain link; None if it is not JSON."""
+    try:
+        obj = json.loads(event.payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if event.link_hash:
+        unmapped = obj.get("unmapped")
+        unmapped = unmapped if isinstance(unmapped, dict) else {}
+        extension = unmapped.get(EXTENSION_KEY)
+        extension = extension if isinstance(extension, dict) else {}
+        chain = {
+            "agent_id": event.agent_id,
+            "seq": event.seq,
+            "prev_hash": event.prev_hash,
+            "payload_hash": event.payload_hash,
+            "link_hash": event.link_hash,
+        }
+        obj["unmapped"] = {**unmapped, EXTENSION_KEY: {**extension, "chain": chain}}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _export(store: Store, out: TextIO, *, since: int | None, agent: str | None) -> tuple[int, int]:
+    written = skipped = 0
+    for event in store.events(agent_id=agent, since=since):
+        line = export_line(event)
+        if line is None:
+            skipped += 1
+            continue
+        out.write(line + "\n")
+        written += 1
+    return written, skipped
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    since = None if args.since is None else parse_since(args.since, now_ms())
+    store = open_from_args(args)
+    try:
+        if args.output is None:
+            try:
+                written, skipped = _export(store, sys.stdout, since=since, agent=args.agent)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+                return 0
+        else:
+            try:
+                with args.output.open("w", encoding="utf-8") as out:
+                    written, skipped = _export(store, out, since=since, agent=args.agent)
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    finally:
+        store.close()
+    if skipped:
+        print(
+            f"weightwarden: {skipped} stored event(s) are not JSON objects and were not "
+            "exported (see collector verify-log and the unreadable-event alerts)",
+            file=sys.stderr,
+        )
+    if args.output is not None:
+        print(f"exported {written} events to {args.output}", file=sys.stderr)
+    return 0
