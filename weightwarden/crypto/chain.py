@@ -119,33 +119,42 @@ class ChainReport:
         return not self.problems
 
 
-def _field(data: bytes) -> bytes:
-    return len(data).to_bytes(8, "big") + data
-
-
 def _text(value: str) -> bytes:
     # surrogatepass: a malformed agent id must hash (and fail to match), never crash.
     return value.encode("utf-8", "surrogatepass")
 
 
+_DOMAIN_FIELD: Final = len(_DOMAIN).to_bytes(8, "big") + _DOMAIN
+_SEQ_LENGTH: Final = (8).to_bytes(8, "big")
+
+
 def compute_link_hash(*, agent_id: str, seq: int, prev_hash: str, payload_hash: str) -> str:
     """Return the link hash over the length-prefixed fields (see the module docstring).
+
+    The fields are joined and hashed in one call: this runs once per event on the
+    collector's ingest path.
 
     Raises:
         ValueError: ``seq`` is not in 0 .. 2**63 - 1.
     """
     if not 0 <= seq <= _MAX_SEQ:
         raise ValueError(f"chain seq must be in 0..{_MAX_SEQ}, got {seq}")
-    digest = hashlib.sha256()
-    for part in (
-        _DOMAIN,
-        _text(agent_id),
-        seq.to_bytes(8, "big"),
-        _text(prev_hash),
-        _text(payload_hash),
-    ):
-        digest.update(_field(part))
-    return digest.hexdigest()
+    agent, prev, payload = _text(agent_id), _text(prev_hash), _text(payload_hash)
+    return hashlib.sha256(
+        b"".join(
+            (
+                _DOMAIN_FIELD,
+                len(agent).to_bytes(8, "big"),
+                agent,
+                _SEQ_LENGTH,
+                seq.to_bytes(8, "big"),
+                len(prev).to_bytes(8, "big"),
+                prev,
+                len(payload).to_bytes(8, "big"),
+                payload,
+            )
+        )
+    ).hexdigest()
 
 
 def next_link(prev: ChainLink | None, agent_id: str, payload: bytes) -> ChainLink:
