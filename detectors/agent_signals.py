@@ -165,7 +165,10 @@ def seal_tampered(event: Event) -> Signal | None:
     seal = event.seal
     detail = f" ({seal.detail})" if seal.detail else ""
     if seal.status is SealStatus.TAMPERED:
-        title = f"Sealed weights changed: {event.file.path} on {_host(event.device)}"
+        title = (
+            f"Sealed weights changed: {event.file.path} by {_who(event.actor)} "
+            f"on {_host(event.device)}"
+        )
         reason = _TAMPER_REASON
     elif seal.status is SealStatus.UNVERIFIED and Severity.HIGH <= event.severity <= Severity.FATAL:
         title = f"Seal re-verification failed: {event.file.path} on {_host(event.device)}"

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightwarden.cli._chain_demo import run_chain_demo
 from weightwarden.crypto.keys import generate_key, load_private_key, load_public_key, write_key_pair
 from weightwarden.safetensors import TensorSpec, write_safetensors
 from weightwarden.seal import seal, verify
@@ -28,6 +29,11 @@ def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action 
     p = sub.add_parser("demo", help="seal a demo checkpoint, tamper with it, catch it")
     p.add_argument("--dir", type=Path, help="work here instead of a temporary folder")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument(
+        "--seal-only",
+        action="store_true",
+        help="only the sealing part (no collector, agent or alerts)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -53,11 +59,12 @@ def _step(title: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    chain = not args.seal_only
     if args.dir is not None:
-        return _demo(args.dir)
+        return _demo(args.dir, chain=chain)
     tmp = Path(tempfile.mkdtemp(prefix="weightwarden-demo-"))
     try:
-        return _demo(tmp)
+        return _demo(tmp, chain=chain)
     finally:
         if args.keep:
             print(f"\nkept {tmp}")
@@ -65,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _demo(work: Path) -> int:
+def _demo(work: Path, *, chain: bool) -> int:
     model = work / "checkpoint-1000"
     _step(f"building a demo checkpoint in {model}")
     _build_model(model)
@@ -116,6 +123,14 @@ def _demo(work: Path) -> int:
         and tampered.diff.added == ("backdoor.py",)
         and tampered.diff.removed == ("tokenizer.json",)
     )
-    _step("result")
     print("  every change was caught" if caught else "  DEMO FAILED: a change went unnoticed")
-    return 0 if caught else 1
+    chained = run_chain_demo(work / "chain", _build_model) if chain else True
+    _step("result")
+    if caught and chained:
+        print(
+            "  sealing caught every change"
+            + ("; the chain raised every expected alert" if chain else "")
+        )
+        return 0
+    print("  DEMO FAILED: see above (process logs in processes.log under the work folder)")
+    return 1
