@@ -24,6 +24,7 @@ def register_collector(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparse
         _agents,
         _enroll,
         _init,
+        _nats,
         _serve,
         _transfer,
         _verify_log,
@@ -36,7 +37,7 @@ def register_collector(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparse
         "batches, and keeps the record (SQLite or PostgreSQL).",
     )
     actions = collector.add_subparsers(dest="collector_command", required=True, metavar="ACTION")
-    for module in (_init, _enroll, _serve, _agents, _verify_log, _transfer):
+    for module in (_init, _enroll, _serve, _nats, _agents, _verify_log, _transfer):
         module.register(actions)
 
 
