@@ -125,6 +125,8 @@ DEFAULT_DURABLE: Final = "weightwarden-collector"
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _STREAM_NAME_IN_USE: Final = 10058
 _REFUSED: Final = frozenset({400, 401, 403, 413})
+_ONE_BY_ONE: Final = 16
+"""Up to this many agents with waiting batches, their heads are read one query each."""
 _U64: Final = struct.Struct(">Q")
 _AFTER_AGENT_ID: Final = 16 + 8 + 4
 """Nonce, ``sent_at`` and event count: between the agent id and the first event's seq."""
@@ -359,7 +361,9 @@ class NatsWorker:
             it the stream must exist.
         duplicate_window: Seconds within which the stream drops a resend (new stream).
         park_limit: Most batches this worker keeps aside at once, waiting for an earlier
-            batch of their agent; more are ``nak``-ed with ``hold_delay``.
+            batch of their agent; more are ``nak``-ed with ``hold_delay``. Batches kept
+            aside count against the consumer's ``max_ack_pending``: keep workers times
+            ``park_limit`` well below it.
         hold_delay: Seconds before JetStream redelivers a batch that found no room to
             wait here.
         hold_for: Seconds a batch waits here while earlier messages are still
@@ -465,6 +469,7 @@ class NatsWorker:
         self._parked: dict[str, list[_Parked]] = {}
         self._parked_count = 0
         self._floor_checked = 0.0
+        self._next_look = 0.0
         self._consumer_ack_wait = ack_wait
 
     # -- public ----------------------------------------------------------------------------
@@ -503,7 +508,8 @@ class NatsWorker:
         """Stop after the message in hand; return whether the thread ended within ``timeout``.
 
         The message being ingested is finished and acknowledged; messages fetched and not
-        yet started are ``nak``-ed so another worker takes them at once.
+        yet started, and batches kept aside, are ``nak``-ed so another worker takes them
+        at once.
         """
         self._stopping.set()
         loop, wake = self._loop, self._wake
@@ -678,8 +684,9 @@ class NatsWorker:
         failures = 0
         try:
             while not self._stopping.is_set():
-                if self._parked_count:
+                if self._parked_count and self._monotonic() >= self._next_look:
                     await self._service_parked(js, executor)
+                    self._next_look = self._monotonic() + self.poll_interval
                 wait = self.poll_interval if self._parked_count else self.fetch_timeout
                 try:
                     messages = await sub.fetch(self.batch, timeout=wait)
@@ -791,6 +798,9 @@ class NatsWorker:
 
     def _heads(self, agents: Sequence[str]) -> dict[str, int]:
         """The stored head of each agent (0 if unknown; ingest decides what that means)."""
+        if len(agents) > _ONE_BY_ONE:
+            known = {r.agent_id: r.head_seq for r in self._store.agents()}
+            return {agent_id: known.get(agent_id, 0) for agent_id in agents}
         heads = {}
         for agent_id in agents:
             record = self._store.agent(agent_id)
@@ -887,7 +897,7 @@ class NatsWorker:
                 if now - waiting.beat >= beat:
                     waiting.beat = now
                     with contextlib.suppress(Exception):
-                        pass
+                        await waiting.msg.in_progress()
 
     async def _drain(
         self, agent_id: str | None, head: int | None, executor: ThreadPoolExecutor
@@ -1037,6 +1047,7 @@ def serve_nats(
         raise UsageError(f"--workers must be at least 1, got {workers}")
     store = open_store(db, synchronous=synchronous)
     started: list[NatsWorker] = []
+    stopped = False
     try:
         ingestor = Ingestor(store, limits=limits or IngestLimits(), clock=clock)
         for index in range(workers):
@@ -1061,6 +1072,8 @@ def serve_nats(
         while not stop.wait(0.5):
             if any(w.failure is not None or not w.running for w in started):
                 break
+        else:
+            stopped = True
     finally:
         for worker in started:
             worker.stop()
@@ -1072,4 +1085,6 @@ def serve_nats(
     failure = next((w.failure for w in started if w.failure is not None), None)
     if failure is not None:
         raise failure
+    if not stopped:
+        raise WeightwardenError("a NATS worker stopped on its own without saying why")
     return total
