@@ -277,6 +277,7 @@ class Daemon:
             planner=self.planner,
             egress=self.egress,
             submit_copy_check=self._submit_copy_check,
+            copy_candidate=self._copy_candidate,
         )
         child = self.exec_watcher.stats().child_pid if self.exec_watcher is not None else None
         self.pipeline.own_pids = frozenset({os.getpid()} | ({child} if child else set()))
@@ -421,9 +422,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ heavy work
 
-    def _submit_copy_check(self, path: str, actor: Actor, when: int) -> None:
+    def _copy_candidate(self, size: int | None) -> bool:
+        """Whether a file of ``size`` bytes could be a copy of a sealed file (no I/O)."""
         if len(self.copy_index) == 0:
-            return
+            return False
+        return size is None or bool(self.copy_index.candidates(size))
+
+    def _submit_copy_check(self, path: str, actor: Actor, when: int) -> None:
 
         def task() -> Followup | None:
             match = self.copies.check(path)

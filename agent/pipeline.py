@@ -110,6 +110,7 @@ class EventPipeline:
         planner: SealPlanner | None = None,
         egress: EgressWatcher | None = None,
         submit_copy_check: Callable[[str, Actor, int], None] | None = None,
+        copy_candidate: Callable[[int | None], bool] = lambda _size: True,
         max_samples_per_tick: int = 512,
         own_pids: frozenset[int] = frozenset(),
     ) -> None:
@@ -125,6 +126,8 @@ class EventPipeline:
         self._planner = planner
         self._egress = egress
         self._submit_copy_check = submit_copy_check
+        self._copy_candidate = copy_candidate
+        """Cheap pre-check (a sealed file of this size?) before paying for attribution."""
         self._max_samples = max_samples_per_tick
         self.own_pids = own_pids
         """The agent's own processes: its reads while sealing are not accesses to report."""
@@ -168,7 +171,11 @@ class EventPipeline:
         canary = self.canaries.is_canary(path, identity=identity)
         ours = canary or self.in_roots(path) or self.in_roots(str(record.other_path))
         if not ours:
-            if kind is SensorEventKind.CLOSE_WRITE and self._submit_copy_check is not None:
+            if (
+                kind is SensorEventKind.CLOSE_WRITE
+                and self._submit_copy_check is not None
+                and self._copy_candidate(record.size)
+            ):
                 self._submit_copy_check(path, self._actor(record), self._when(record))
             else:
                 self.ignored += 1

@@ -628,8 +628,15 @@ class ProcConnector:
                 if info.read_quality is ReadQuality.ABSENT
                 else "snapshots_vanished"
             ] += 1
-            if stub is not None and stub.seen_at >= at and stub.info.identified:
-                return  # a scan already read the new image (exec queued while subscribing)
+            if (
+                stub is not None
+                and stub.source is SnapshotSource.SCAN
+                and stub.seen_at >= at
+                and stub.info.identified
+            ):
+                # A scan already read the new image (the exec was queued while subscribing).
+                # A fork stub is never kept here: it holds the parent's image, not this one.
+                return
             info = _fill_from_stub(info, stub)
         info = replace(info, parents=self._parents_of(info.ppid))
         if info.start_time is not None:
