@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightwarden.cli._chain_demo import run_chain_demo
 from weightwarden.crypto.keys import generate_key, load_private_key, load_public_key, write_key_pair
 from weightwarden.safetensors import TensorSpec, write_safetensors
 from weightwarden.seal import seal, verify
@@ -124,6 +123,8 @@ def _demo(work: Path, *, chain: bool) -> int:
         and tampered.diff.removed == ("tokenizer.json",)
     )
     print("  every change was caught" if caught else "  DEMO FAILED: a change went unnoticed")
+    from weightwarden.cli._chain_demo import run_chain_demo  # noqa: PLC0415 -- only the demo needs it
+
     chained = run_chain_demo(work / "chain", _build_model) if chain else True
     _step("result")
     if caught and chained:

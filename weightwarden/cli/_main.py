@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, NoReturn
 
 from weightwarden.cli import _demo, _keys, _seal
@@ -34,8 +33,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full parser, including subcommands registered by installed packages."""
+_KERNEL_COMMANDS = frozenset({"seal", "verify", "keys", "demo"})
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if any (skipping global options)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-format":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; installed packages' subcommands are loaded only when needed.
+
+    ``weightwarden seal`` must start fast (it is timed against model_signing): a kernel
+    command loads no plugin at all, a plugin command loads only its own entry point, and
+    anything else (``--help``, a typo) loads every one so the error lists all commands.
+    """
     parser = _Parser(
         prog="weightwarden",
         description="Model-weight security: seal checkpoints, watch access, detect theft.",
@@ -50,15 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     _seal.register(sub)
     _keys.register(sub)
     _demo.register(sub)
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    if command in _KERNEL_COMMANDS:
+        return parser
+    from importlib.metadata import entry_points  # noqa: PLC0415 -- 25 ms kernel commands skip
+
+    plugins = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    chosen = [ep for ep in plugins if ep.name == command] or plugins
+    for ep in chosen:
         ep.load()(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code instead of raising."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(arguments))
+    args = parser.parse_args(arguments)
     if getattr(args, "uses_logging", False):  # structlog costs 100 ms that seal never needs
         configure_logging(args.log_format)
     try:
