@@ -30,7 +30,7 @@ import re
 import tomllib
 import types
 from collections.abc import Mapping
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from difflib import get_close_matches
 from pathlib import Path
 from typing import (
@@ -46,14 +46,14 @@ from typing import (
     get_type_hints,
 )
 
-from weightwarden.errors import ConfigError
+from weightwarden.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from _typeshed import DataclassInstance
 
-__all__ = ["load_config", "parse_config", "parse_duration"]
+__all__ = ["load_config", "parse_config", "parse_duration", "parse_since"]
 
 T = TypeVar("T", bound="DataclassInstance")
 
@@ -93,6 +93,37 @@ def parse_duration(text: str) -> timedelta:
         )
     except (OverflowError, ValueError) as exc:
         raise ValueError(f"duration too long: {text!r}") from exc
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """A ``--since`` value as milliseconds since the epoch.
+
+    Args:
+        text: An ISO-8601 time (``2024-05-01T12:00:00Z``; without an offset it is UTC) or
+            a duration back from ``now_ms`` (``10m``, ``2h``, ``1d``, ``1h30m``).
+        now_ms: The present, milliseconds since the epoch.
+
+    Raises:
+        UsageError: ``text`` is neither.
+    """
+    try:
+        return now_ms - parse_duration(text) // _ONE_MS
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected an ISO-8601 time like 2024-05-01T12:00:00Z "
+            "or a duration like 10m, 2h or 1d"
+        ) from None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
 
 
 def load_config(path: Path, schema: type[T]) -> T:

@@ -34,8 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from weightwarden.config import parse_duration
-from weightwarden.errors import UsageError
+from weightwarden.config import parse_since
 from weightwarden.events import (
     EXTENSION_KEY,
     ComplianceFinding,
@@ -92,33 +91,6 @@ def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action 
     )
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="print at most N events")
     parser.set_defaults(func=_run_events)
-
-
-def parse_since(text: str, now_ms: int) -> int:
-    """Return ``--since`` as milliseconds since the epoch.
-
-    Args:
-        text: An ISO-8601 time (``2024-05-01T12:00:00Z``; without an offset it is UTC) or
-            a duration back from ``now_ms`` (``10m``, ``2h``, ``1d``, ``1h30m``).
-        now_ms: The present, milliseconds since the epoch.
-
-    Raises:
-        UsageError: ``text`` is neither.
-    """
-    try:
-        return now_ms - parse_duration(text) // _ONE_MS
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"--since {text!r}: expected an ISO-8601 time like 2024-05-01T12:00:00Z "
-            "or a duration like 10m, 2h or 1d"
-        ) from None
-    if moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
 
 
 def _positive_int(text: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from collector.config import DEFAULT_DIR, DIR_ENV, load_settings
-from weightwarden.config import parse_duration
+from weightwarden.config import parse_duration, parse_since
 from weightwarden.errors import UsageError
 
 if TYPE_CHECKING:
@@ -92,28 +92,6 @@ def open_from_args(args: argparse.Namespace) -> Store:
         return open_store(args.db)
     settings = settings_from_args(args)
     return open_store(settings.db, synchronous=settings.config.collector.synchronous)
-
-
-def parse_since(text: str, now: int) -> int:
-    """``--since``: an ISO-8601 time (UTC without an offset) or a duration ago (``10m``).
-
-    Raises:
-        UsageError: ``text`` is neither.
-    """
-    try:
-        return now - parse_duration(text) // _ONE_MS
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"--since {text!r}: expected an ISO-8601 time like 2024-05-01T12:00:00Z "
-            "or a duration like 10m, 2h or 1d"
-        ) from None
-    if moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
 
 
 def parse_ttl(text: str) -> int:
