@@ -15,7 +15,7 @@ import os
 import select
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from weightwarden.log import get_logger
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from agent.sensors._record import RecordSink, SensorRecord
 
-__all__ = ["Dispatch", "ReaderLoop", "SensorStats"]
+__all__ = ["Dispatch", "LoopSensor", "ReaderLoop", "SensorStats"]
 
 _log = get_logger("agent.sensors")
 
@@ -172,3 +172,41 @@ class ReaderLoop:
                 if events & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
                     raise OSError(f"{self._name}: descriptor {fd} reported poll events {events:#x}")
                 yield fd
+
+
+class LoopSensor:
+    """What both sensors share: a reader loop, its state, and use as a context manager.
+
+    Subclasses set ``self._loop`` in ``start`` and implement ``start`` and ``stop``.
+    """
+
+    _loop: ReaderLoop | None
+
+    def start(self) -> None:
+        """Start watching (subclasses)."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching (subclasses)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """The reader thread is alive."""
+        return self._loop is not None and self._loop.alive
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the reader stopped on its own (an error reading the kernel), if it did."""
+        return None if self._loop is None else self._loop.failure
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the reader ends (stopped or failed); True if it has ended."""
+        return self._loop is None or self._loop.wait(timeout)

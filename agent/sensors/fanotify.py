@@ -73,9 +73,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from agent.sensors._loop import Dispatch, ReaderLoop, SensorStats
+from agent.sensors._loop import Dispatch, LoopSensor, ReaderLoop, SensorStats
 from agent.sensors._record import SensorEventKind, SensorRecord, SensorSource
 from agent.sensors._roots import WeightRoots
 from weightwarden.errors import UsageError, WeightwardenError
@@ -465,7 +465,7 @@ def _join(directory: str, name: str) -> str:
 # --- the sensor ---------------------------------------------------------------------------
 
 
-class FanotifySensor:
+class FanotifySensor(LoopSensor):
     """Watches opens, closes, creates, deletes and renames under the weight roots.
 
     Records go to ``sink`` on the sensor's reader thread. Use as a context manager, or
@@ -637,13 +637,6 @@ class FanotifySensor:
         self._mount_fd_by_dev.clear()
         self._mount_fd_by_fsid.clear()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     # state
 
     @property
@@ -654,20 +647,6 @@ class FanotifySensor:
                 usable=False, names=False, rename_pairs=False, reason="not started"
             )
         return self._support
-
-    @property
-    def running(self) -> bool:
-        """The reader thread is alive."""
-        return self._loop is not None and self._loop.alive
-
-    @property
-    def failure(self) -> BaseException | None:
-        """Why the reader stopped on its own (an error reading the groups), if it did."""
-        return None if self._loop is None else self._loop.failure
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the reader ends (stopped or failed); True if it has ended."""
-        return self._loop is None or self._loop.wait(timeout)
 
     def stats(self) -> SensorStats:
         """A snapshot of the sensor's counters."""

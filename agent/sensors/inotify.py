@@ -49,9 +49,9 @@ import struct
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from agent.sensors._loop import Dispatch, ReaderLoop, SensorStats
+from agent.sensors._loop import Dispatch, LoopSensor, ReaderLoop, SensorStats
 from agent.sensors._record import SensorEventKind, SensorRecord, SensorSource
 from agent.sensors._roots import WeightRoots
 from weightwarden.errors import UsageError, WeightwardenError
@@ -130,7 +130,7 @@ def _join(directory: str, name: str) -> str:
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
-class InotifySensor:
+class InotifySensor(LoopSensor):
     """Watches opens, closes, creates, deletes and renames under the roots, without pids.
 
     Same surface as `FanotifySensor`: records go to ``sink`` on the reader thread; use as
@@ -255,28 +255,7 @@ class InotifySensor:
             os.close(self._fd)  # removes every watch
             self._fd = -1
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     # state
-
-    @property
-    def running(self) -> bool:
-        """The reader thread is alive."""
-        return self._loop is not None and self._loop.alive
-
-    @property
-    def failure(self) -> BaseException | None:
-        """Why the reader stopped on its own (an error reading inotify), if it did."""
-        return None if self._loop is None else self._loop.failure
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the reader ends (stopped or failed); True if it has ended."""
-        return self._loop is None or self._loop.wait(timeout)
 
     def stats(self) -> SensorStats:
         """A snapshot of the sensor's counters."""
