@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.sensors._libc import LIBC, check
 from agent.sensors._loop import Dispatch, LoopSensor, ReaderLoop, SensorStats
 from agent.sensors._record import SensorEventKind, SensorRecord, SensorSource
 from agent.sensors._roots import WeightRoots
@@ -163,7 +164,7 @@ _NAME_KINDS = (
 
 # --- system calls -----------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = LIBC
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
 _libc.fanotify_init.restype = ctypes.c_int
 _libc.fanotify_mark.argtypes = [
@@ -184,21 +185,14 @@ _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
 _libc.statfs.restype = ctypes.c_int
 
 
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-    return result
-
-
 def _fanotify_init(flags: int) -> int:
     event_flags = os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC
-    return _check(_libc.fanotify_init(flags, event_flags), "fanotify_init")
+    return check(_libc.fanotify_init(flags, event_flags), "fanotify_init")
 
 
 def _mark_filesystem(fd: int, mask: int, path: str) -> None:
     flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
-    _check(_libc.fanotify_mark(fd, flags, mask, _AT_FDCWD, os.fsencode(path)), "fanotify_mark")
+    check(_libc.fanotify_mark(fd, flags, mask, _AT_FDCWD, os.fsencode(path)), "fanotify_mark")
 
 
 def _name_to_handle(dirfd: int, path: str, flags: int) -> bytes:
@@ -206,7 +200,7 @@ def _name_to_handle(dirfd: int, path: str, flags: int) -> bytes:
     buf = ctypes.create_string_buffer(_HANDLE_HEADER.size + _MAX_HANDLE_SZ)
     _HANDLE_HEADER.pack_into(buf, 0, _MAX_HANDLE_SZ, 0)
     mount_id = ctypes.c_int()
-    _check(
+    check(
         _libc.name_to_handle_at(dirfd, os.fsencode(path), buf, ctypes.byref(mount_id), flags),
         "name_to_handle_at",
     )
@@ -215,7 +209,7 @@ def _name_to_handle(dirfd: int, path: str, flags: int) -> bytes:
 
 
 def _open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
-    return _check(_libc.open_by_handle_at(mount_fd, handle, flags), "open_by_handle_at")
+    return check(_libc.open_by_handle_at(mount_fd, handle, flags), "open_by_handle_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +223,7 @@ class _Stat:
 
 def _statx(dirfd: int, path: str, buf: ctypes.Array[ctypes.c_char]) -> _Stat:
     flags = _AT_STATX_DONT_SYNC | (_AT_EMPTY_PATH if not path else 0)
-    _check(
+    check(
         _libc.statx(dirfd, os.fsencode(path), flags, _STATX_BASIC_STATS | _STATX_MNT_ID, buf),
         "statx",
     )
@@ -252,7 +246,7 @@ def _fsid(path: str) -> bytes:
     if ctypes.sizeof(ctypes.c_long) != 8:  # noqa: PLR2004 - f_fsid offset assumes 64-bit
         raise WeightwardenError("the fanotify sensor supports 64-bit Linux only")
     buf = ctypes.create_string_buffer(256)
-    _check(_libc.statfs(os.fsencode(path), buf), "statfs")
+    check(_libc.statfs(os.fsencode(path), buf), "statfs")
     return buf.raw[56 : 56 + _FSID_SIZE]
 
 

@@ -51,6 +51,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.sensors._libc import LIBC, check
 from agent.sensors._loop import Dispatch, LoopSensor, ReaderLoop, SensorStats
 from agent.sensors._record import SensorEventKind, SensorRecord, SensorSource
 from agent.sensors._roots import WeightRoots
@@ -106,20 +107,13 @@ _CONTENT_KINDS = (
     (IN_CLOSE_NOWRITE, SensorEventKind.CLOSE_NOWRITE),
 )
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = LIBC
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_init1.restype = ctypes.c_int
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.inotify_add_watch.restype = ctypes.c_int
 _libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.inotify_rm_watch.restype = ctypes.c_int
-
-
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-    return result
 
 
 class _WatchLimitError(Exception):
@@ -188,7 +182,7 @@ class InotifySensor(LoopSensor):
         if self._loop is not None:
             raise UsageError("this inotify sensor was already started; make a new one")
         try:
-            self._fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+            self._fd = check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
         except OSError as exc:
             raise WeightwardenError(self._explain_init(exc)) from exc
         try:
