@@ -11,11 +11,18 @@ was found::
 Field types understood: ``str``, ``int``, ``float`` (an integer is accepted), ``bool``,
 ``pathlib.Path`` (a non-empty string, kept as written), ``datetime.timedelta`` (a duration
 string such as ``"30s"``, ``"5m"``, ``"2h"``, ``"1h30m"``; see :func:`parse_duration`),
-``tuple[X, ...]`` (an array), ``Literal[...]``, ``X | None`` and nested dataclasses.
+``datetime.datetime`` (a TOML offset date-time, or an RFC 3339 string such as
+``"2025-01-31T18:00:00Z"``; either must carry its UTC offset), ``tuple[X, ...]`` (an
+array), ``Literal[...]``, ``X | None`` and nested dataclasses.
 Fields keep their dataclass defaults when the key is absent; a table whose fields all have
 defaults may be left out. Unknown keys are errors: a misspelt key must not silently fall
 back to a default. A dataclass may check its own invariants in ``__post_init__`` by
 raising ``ValueError``; the message is reported against its table.
+
+:func:`parse_toml` does the same for TOML text already read (a file's contents, given its
+name for messages), and :func:`config_error` builds an error in the same form for a check
+made after parsing (a name defined twice, a reference to nothing), pointing at the line of
+the offending key.
 
 Schema mistakes (an unsupported field type, annotations that do not resolve) are
 programming errors and raise ``TypeError``. Schemas must be defined at module level so
@@ -49,11 +56,18 @@ from typing import (
 from weightwarden.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from _typeshed import DataclassInstance
 
-__all__ = ["load_config", "parse_config", "parse_duration", "parse_since"]
+__all__ = [
+    "config_error",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_since",
+    "parse_toml",
+]
 
 T = TypeVar("T", bound="DataclassInstance")
 
@@ -151,6 +165,19 @@ def load_config(path: Path, schema: type[T]) -> T:
         raise ConfigError(
             f"{source}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
         ) from exc
+    return parse_toml(text, schema, source)
+
+
+def parse_toml(text: str, schema: type[T], source: str = "<string>") -> T:
+    """Parse the TOML ``text`` into an instance of the dataclass ``schema``.
+
+    ``source`` names the origin (usually the file the text was read from) in messages,
+    which give its line as :func:`load_config`'s do.
+
+    Raises:
+        ConfigError: ``text`` is not valid TOML, or a value does not fit the schema.
+        TypeError: ``schema`` is not a dataclass or uses a field type this loader lacks.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -162,6 +189,19 @@ def load_config(path: Path, schema: type[T]) -> T:
         detail = message[: where.start()]
         raise ConfigError(f"{source}:{line}:{column}: invalid TOML: {detail}") from exc
     return _Reader(source, text).table(data, schema, ())
+
+
+def config_error(
+    source: str, text: str | None, key: Sequence[str | int], problem: str
+) -> ConfigError:
+    """An error about ``key`` of the TOML ``text``, in the form the readers use.
+
+    ``key`` is the dotted key as parts (``("assets", 2, "owners")`` for the third
+    ``[[assets]]`` table's ``owners``); the message is ``source:line: assets[2].owners:
+    problem``, the line being that of the key, else of its nearest enclosing key or
+    table, else left out.
+    """
+    return _Reader(source, text)._error(tuple(key), problem)  # noqa: SLF001 -- the module's own reader
 
 
 def parse_config(data: Mapping[str, object], schema: type[T], source: str = "<string>") -> T:
@@ -209,6 +249,10 @@ _SIMPLE_NAMES: Final[Mapping[object, tuple[str, str]]] = {
     bool: ("true or false", "booleans"),
     Path: ("a path", "paths"),
     timedelta: ('a duration like "30s"', 'durations like "30s"'),
+    datetime: (
+        'a date-time with its offset like "2025-01-31T18:00:00Z"',
+        'date-times with their offsets like "2025-01-31T18:00:00Z"',
+    ),
 }
 
 
@@ -247,20 +291,21 @@ class _Reader:
 
     def _locate(self, path: _KeyPath) -> int | None:
         """Find the line of ``path``'s key, or of the nearest enclosing key or table."""
-        keys = tuple(part for part in path if isinstance(part, str))
-        for end in range(len(keys), 0, -1):
-            line = self._find(keys[:end])
+        for end in range(len(path), 0, -1):
+            line = self._find(path[:end])
             if line is not None:
                 return line
         return None
 
-    def _find(self, keys: tuple[str, ...]) -> int | None:
-        table: tuple[str, ...] = ()
+    def _find(self, keys: _KeyPath) -> int | None:
+        """The line of ``keys``; the n-th ``[[x]]`` table is ``("x", n)``."""
+        table: _KeyPath = ()
+        items: dict[_KeyPath, int] = {}
         for number, raw in enumerate(self._lines, start=1):
             line = raw.strip()
             header = _TABLE_HEADER.match(line)
             if header is not None:
-                table = _split_key(header.group(1))
+                table = _indexed(_split_key(header.group(1)), items, new=line.startswith("[["))
                 if table == keys:
                     return number
                 continue
@@ -384,6 +429,17 @@ def _as_duration(value: object) -> object:
         return _INVALID
 
 
+def _as_datetime(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return _INVALID
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        return _INVALID
+    return value
+
+
 _SCALARS: Final[Mapping[object, Callable[[object], object]]] = {
     bool: _as_bool,
     int: _as_int,
@@ -391,6 +447,7 @@ _SCALARS: Final[Mapping[object, Callable[[object], object]]] = {
     str: _as_str,
     Path: _as_path,
     timedelta: _as_duration,
+    datetime: _as_datetime,
 }
 
 
@@ -409,6 +466,22 @@ def _dotted(path: _KeyPath) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+def _indexed(keys: tuple[str, ...], items: dict[_KeyPath, int], *, new: bool) -> _KeyPath:
+    """A table header's key path with the current index of each array of tables in it.
+
+    ``items`` maps each array of tables seen so far to its last index; a ``[[x]]`` header
+    (``new``) starts the next item of its array.
+    """
+    path: _KeyPath = ()
+    for position, key in enumerate(keys):
+        path = (*path, key)
+        if new and position == len(keys) - 1:
+            items[path] = items.get(path, -1) + 1
+        if path in items:
+            path = (*path, items[path])
+    return path
 
 
 def _split_key(text: str) -> tuple[str, ...]:

@@ -1,12 +1,18 @@
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from weightwarden.config import load_config, parse_config, parse_duration
+from weightwarden.config import (
+    config_error,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_toml,
+)
 from weightwarden.errors import ConfigError
 
 # Schemas live at module level so their annotations resolve.
@@ -387,3 +393,74 @@ def test_path_through_a_file_is_an_unreadable_config_error(tmp_path: Path) -> No
     parent = _write(tmp_path, FULL)
     with pytest.raises(ConfigError, match="cannot read config file: Not a directory"):
         load_config(parent / "agent.toml", AgentFile)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One item of an array of tables."""
+
+    name: str
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Items:
+    """A file of ``[[items]]``."""
+
+    items: tuple[Item, ...] = ()
+
+
+ITEMS = '[[items]]\nname = "a"\n\n[[items]]\nname = "b"\n\n[[items]]\nname = 3\n'
+
+
+def test_parse_toml_points_at_the_nth_array_table() -> None:
+    """parse_toml reads text, and an error in the third [[items]] names that table's line."""
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(ITEMS, Items, "items.toml")
+    assert str(caught.value) == "items.toml:8: items[2].name: expected a string, got 3"
+    assert parse_toml('[[items]]\nname = "a"\n', Items).items == (Item(name="a"),)
+    with pytest.raises(ConfigError, match=r"^x.toml:1:9: invalid TOML: "):
+        parse_toml("items = = 1", Items, "x.toml")
+
+
+def test_config_error_locates_keys_of_array_tables_and_their_parents() -> None:
+    """A check made after parsing points at the key, else its table, else only the source."""
+    text = ITEMS.replace("name = 3", 'name = "c"')
+    assert str(config_error("f", text, ("items", 1, "name"), "taken")) == (
+        "f:5: items[1].name: taken"
+    )
+    assert str(config_error("f", text, ("items", 2, "expires"), "bad")) == (
+        "f:7: items[2].expires: bad"
+    )
+    assert str(config_error("f", None, ("items", 0), "no text")) == "f: items[0]: no text"
+    assert str(config_error("f", text, (), "empty")) == "f: empty"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2025-01-31T18:00:00Z", '"2025-01-31T18:00:00Z"', '"2025-01-31T19:00:00+01:00"'],
+)
+def test_date_times_with_an_offset_are_read_from_toml_or_strings(value: str) -> None:
+    """A TOML offset date-time or an RFC 3339 string becomes an aware datetime."""
+    [item] = parse_toml(f'[[items]]\nname = "a"\nexpires = {value}\n', Items).items
+    assert item.expires == datetime(2025, 1, 31, 18, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("2025-01-31T18:00:00", "a date-time"),
+        ('"2025-01-31T18:00:00"', '"2025-01-31T18:00:00"'),
+        ('"tomorrow"', '"tomorrow"'),
+        ("2025-01-31", "a date"),
+        ("7", "7"),
+    ],
+)
+def test_date_times_without_an_offset_or_of_other_kinds_are_refused(value: str, got: str) -> None:
+    """A local date-time is ambiguous and is refused, as is anything that is not one."""
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(f'[[items]]\nname = "a"\nexpires = {value}\n', Items, "f")
+    assert str(caught.value) == (
+        "f:3: items[0].expires: expected a date-time with its offset like "
+        f'"2025-01-31T18:00:00Z", got {got}'
+    )
