@@ -1,5 +1,12 @@
-"""Policy files parsed into typed, validated Policy objects; no OS, network or cloud I/O."""
+"""Policy files parsed into typed, validated Policy objects; no OS, network or cloud I/O.
 
+:func:`parse_policy` takes a policy file's text (the caller reads the file) and returns a
+:class:`Policy`, or raises one :class:`~weightwarden.errors.ConfigError` naming the file,
+line and key. The format is documented in :mod:`policies._load` and described by the JSON
+Schema shipped as ``policies/policy.schema.json`` (:data:`SCHEMA_RESOURCE`).
+"""
+
+from policies._load import SUPPORTED_VERSION, parse_policy
 from policies._model import (
     AccessRule,
     Asset,
@@ -16,7 +23,12 @@ from policies._model import (
     matches,
 )
 
+SCHEMA_RESOURCE = "policy.schema.json"
+"""The JSON Schema's name among this package's resources (``importlib.resources``)."""
+
 __all__ = [
+    "SCHEMA_RESOURCE",
+    "SUPPORTED_VERSION",
     "AccessRule",
     "Asset",
     "Egress",
@@ -30,4 +42,5 @@ __all__ = [
     "Thresholds",
     "WorkingHours",
     "matches",
+    "parse_policy",
 ]
