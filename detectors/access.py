@@ -14,9 +14,10 @@ preferred to a uid; a user known only by uid is ``uid:1001``; nobody known is
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+
+import orjson
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -119,8 +120,8 @@ class Access:
 def access_from_json(line: str | bytes) -> Access | None:
     """:func:`access_from_ocsf` of one JSON text; None for text that is not an OCSF object."""
     try:
-        obj = json.loads(line)
-    except ValueError:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
         return None
     return access_from_ocsf(obj) if isinstance(obj, dict) else None
 

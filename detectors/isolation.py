@@ -1,0 +1,92 @@
+"""IsolationForest per role: days whose mix of features is unlike the rest of the peer group.
+
+The robust z-score judges features one at a time; an isolation forest finds combinations
+none of which is extreme alone (many hosts *and* a new program *and* some egress). One
+forest per role is fitted on that role's user-days (a few thousand rows fit in well under a
+second) and refitted on every run: nothing is persisted, so nothing is unpickled. The
+days in the top :data:`TAIL` of anomaly scores become low-scored findings that add to the
+day's risk; they rarely make an alert alone. The explanation lists the features furthest
+from the role's median.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from detectors.features import FEATURES
+from detectors.finding import Finding
+from weightwarden.events import AnalyticType, Contribution, Severity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from detectors.features import DayRow
+
+__all__ = ["FOREST_RULE", "TAIL", "forest_findings"]
+
+FOREST_RULE: Final = "weightwarden.ml.isolation_forest"
+TAIL: Final = 0.005
+"""Share of each role's days reported as anomalous."""
+_MIN_ROWS: Final = 50
+_TOP: Final = 3
+_SEED: Final = 0
+
+
+def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> list[Finding]:
+    """The most isolated entity-days of each role (roles with at least 50 days)."""
+    from sklearn.ensemble import IsolationForest  # noqa: PLC0415 -- 1.7 s import, only when fitting
+
+    if not rows:
+        return []
+    values = np.log1p(np.stack([row.values for row in rows]))
+    roles = np.array([role_of(row.entity) for row in rows])
+    found = []
+    for role in np.unique(roles):
+        index = np.flatnonzero(roles == role)
+        if len(index) < _MIN_ROWS:
+            continue
+        block = values[index]
+        forest = IsolationForest(n_estimators=100, random_state=_SEED, n_jobs=1)
+        forest.fit(block)
+        anomaly = -forest.score_samples(block)
+        cut = np.quantile(anomaly, 1.0 - TAIL)
+        median = np.median(block, axis=0)
+        spread = np.maximum(np.median(np.abs(block - median), axis=0) * 1.4826, 0.25)
+        peak = float(anomaly.max())
+        for position in np.flatnonzero(anomaly >= cut):
+            row = rows[int(index[position])]
+            z = (block[position] - median) / spread
+            order = np.argsort(-np.abs(z))[:_TOP]
+            contributions = tuple(
+                Contribution(
+                    feature=FEATURES[i],
+                    actual=float(row.values[i]),
+                    typical=round(float(np.expm1(median[i])), 3),
+                )
+                for i in order
+            )
+            named = ", ".join(
+                f"{c.feature} {c.actual:g} (typical {c.typical:g})" for c in contributions
+            )
+            strength = (float(anomaly[position]) - cut) / max(peak - cut, 1e-9)
+            found.append(
+                Finding(
+                    rule=FOREST_RULE,
+                    name="isolated day (IsolationForest)",
+                    kind=AnalyticType.LEARNING,
+                    entity=row.entity,
+                    time=row.first,
+                    severity=Severity.LOW,
+                    score=10.0 + 20.0 * strength,
+                    title=f"{row.entity}: day unlike other {role} days ({named})",
+                    reason=(
+                        f"Among the {len(index)} days of role {role}, this one is in the most "
+                        f"isolated {TAIL:.1%}; furthest from the role's median: {named}."
+                    ),
+                    contributions=contributions,
+                    evidence=row.evidence,
+                )
+            )
+    return found

@@ -1,0 +1,114 @@
+"""First-seen: a user reading weights from a host, with a program or of an asset never before.
+
+After a warm-up (the first week an entity appears, when everything is new), each first
+use of a program, a host or an asset to read weights is a finding, scored by how rare it is
+among the entity's peers (its role): a researcher's first read from another GPU node of the
+same family is routine, an administrator's first read with ``dd`` that no administrator
+has used is not. Hosts are compared by family (``gpu-012`` is ``gpu-#``) for rarity.
+
+State is explicit and grows with the record: per entity the programs, host families and
+assets seen, per role who used what.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from detectors._text import who
+from detectors.access import AccessKind
+from detectors.context import host_class
+from detectors.finding import DAY_MS, Finding
+from weightwarden.events import AnalyticType, Severity
+
+if TYPE_CHECKING:
+    from detectors.access import Access
+    from detectors.context import Context
+
+__all__ = ["FIRST_SEEN_RULE", "FirstSeenRule"]
+
+FIRST_SEEN_RULE: Final = "weightwarden.rule.first_seen"
+
+WARM_UP_MS: Final = 7 * DAY_MS
+"""How long after an entity first appears everything it does counts as its baseline."""
+
+_REASON: Final = (
+    "First time this user read weights {what}; {peers} of {total} peers in the same role "
+    "ever did. New and rare among peers is how stolen credentials and new tools look."
+)
+
+
+class _Seen:
+    __slots__ = ("assets", "first", "hosts", "programs")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.programs: set[str] = set()
+        self.hosts: set[str] = set()
+        self.assets: set[str] = set()
+
+
+class FirstSeenRule:
+    """First use of a program (15-50), host family (10-40) or asset (10-35) to read weights."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._seen: dict[str, _Seen] = {}
+        self._peers: dict[tuple[str, str, str], set[str]] = {}
+        self._members: dict[str, set[str]] = {}
+
+    def __call__(self, access: Access) -> list[Finding]:
+        """Findings for what this read does for the first time."""
+        if access.kind is not AccessKind.READ or not access.path:
+            return []
+        asset = self._context.asset_key(access.path)
+        user = access.user
+        seen = self._seen.get(user)
+        if seen is None:
+            seen = self._seen[user] = _Seen(access.time)
+        if asset is None:
+            return []
+        role = self._context.role(user)
+        members = self._members.setdefault(role, set())
+        members.add(user)
+        warm = access.time - seen.first >= WARM_UP_MS
+        found = []
+        family = host_class(access.host) if access.host else None
+        for kind, value, known, low, span in (
+            ("program", access.program, seen.programs, 15.0, 35.0),
+            ("host", family, seen.hosts, 10.0, 30.0),
+            ("asset", asset, seen.assets, 10.0, 25.0),
+        ):
+            if value is None or value in known:
+                continue
+            known.add(value)
+            users = self._peers.setdefault((role, kind, value), set())
+            peers = len(users - {user})
+            users.add(user)
+            if not warm:
+                continue
+            total = max(len(members) - 1, 1)
+            rarity = 1.0 - min(peers / total, 1.0)
+            score = low + span * rarity
+            what = {
+                "program": f"with {value}",
+                "host": f"from {access.host}",
+                "asset": f"of {value}",
+            }[kind]
+            found.append(
+                Finding(
+                    rule=FIRST_SEEN_RULE,
+                    name=f"first-seen {kind}",
+                    kind=AnalyticType.BEHAVIORAL,
+                    entity=user,
+                    time=access.time,
+                    severity=Severity.MEDIUM if rarity >= 0.9 else Severity.LOW,  # noqa: PLR2004 -- nine in ten peers never did
+                    score=score,
+                    title=f"{who(access)}: first read of weights {what}",
+                    reason=_REASON.format(what=what, peers=peers, total=total),
+                    evidence=(access.uid,),
+                    host=access.host,
+                    program=access.program,
+                    path=access.path,
+                )
+            )
+        return found

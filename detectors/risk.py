@@ -1,0 +1,110 @@
+"""The daily risk roll-up: one ranked item per entity and day, cut to the analysts' budget.
+
+Analysts read perhaps five alerts a day per thousand people. :func:`roll_up` merges every
+finding of an entity's UTC day into one :class:`DailyRisk`: findings of one rule become one
+(highest score, evidence of all), and the day's risk is the best finding's score plus half
+the next one's, a quarter of the third's, and so on, so that several independent signals
+on one day outrank any one of them, while a hundred reads outside hours stay one signal.
+:func:`within_budget` keeps each day's top items for a budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from detectors.finding import Finding, day_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from weightwarden.events import Severity
+
+__all__ = ["DailyRisk", "per_day", "roll_up", "within_budget"]
+
+_DECAY: Final = 0.5
+_MAX_EVIDENCE: Final = 500
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DailyRisk:
+    """One entity's findings of one UTC day, ranked by risk.
+
+    Attributes:
+        entity: The user.
+        day: Days since the epoch.
+        score: The day's risk (see the module doc); the ranking key.
+        severity: The most severe finding's severity.
+        time: The earliest finding's time (when the day became risky).
+        findings: One finding per rule, highest score first.
+        evidence: Ids of every evidence event, oldest finding first (capped at 500).
+    """
+
+    entity: str
+    day: int
+    score: float
+    severity: Severity
+    time: int
+    findings: tuple[Finding, ...]
+    evidence: tuple[str, ...]
+
+
+def _merge(findings: Sequence[Finding]) -> Finding:
+    best = max(findings, key=lambda f: (f.score, -f.time))
+    if len(findings) == 1:
+        return best
+    evidence = tuple(dict.fromkeys(uid for f in findings for uid in f.evidence))
+    return replace(
+        best,
+        time=min(f.time for f in findings),
+        severity=max(f.severity for f in findings),
+        title=f"{best.title} (+{len(findings) - 1} more)",
+        evidence=evidence[:_MAX_EVIDENCE],
+    )
+
+
+def roll_up(findings: Iterable[Finding]) -> list[DailyRisk]:
+    """Every entity-day with a finding, riskiest first."""
+    days: dict[tuple[str, int], dict[str, list[Finding]]] = {}
+    for finding in findings:
+        rules = days.setdefault((finding.entity, day_of(finding.time)), {})
+        rules.setdefault(finding.rule, []).append(finding)
+    risks = []
+    for (entity, day), rules in days.items():
+        merged = sorted(
+            (_merge(group) for group in rules.values()), key=lambda f: (-f.score, f.time)
+        )
+        score = sum(f.score * _DECAY**rank for rank, f in enumerate(merged))
+        evidence = tuple(
+            dict.fromkeys(uid for f in sorted(merged, key=lambda f: f.time) for uid in f.evidence)
+        )
+        risks.append(
+            DailyRisk(
+                entity=entity,
+                day=day,
+                score=round(score, 3),
+                severity=max(f.severity for f in merged),
+                time=min(f.time for f in merged),
+                findings=tuple(merged),
+                evidence=evidence[:_MAX_EVIDENCE],
+            )
+        )
+    risks.sort(key=lambda r: (-r.score, -r.severity, r.day, r.entity))
+    return risks
+
+
+def per_day(alerts_per_thousand: float, entities: int) -> int:
+    """How many alerts a day a budget of N per 1,000 entities allows (at least one)."""
+    return max(1, math.floor(alerts_per_thousand * entities / 1000 + 0.5))
+
+
+def within_budget(risks: Iterable[DailyRisk], *, daily: int) -> list[DailyRisk]:
+    """The ``daily`` riskiest items of each day, riskiest first."""
+    taken: dict[int, int] = {}
+    kept = []
+    for risk in sorted(risks, key=lambda r: (-r.score, -r.severity, r.day, r.entity)):
+        if taken.get(risk.day, 0) < daily:
+            taken[risk.day] = taken.get(risk.day, 0) + 1
+            kept.append(risk)
+    return kept
