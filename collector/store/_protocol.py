@@ -30,6 +30,8 @@ from weightwarden.errors import WeightwardenError
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from policies import Grant, Suppression
+
 __all__ = [
     "AgentRecord",
     "Alert",
@@ -241,6 +243,37 @@ class Store(Protocol):
         ``alert_id`` may be a unique prefix (as for :meth:`alert`); a ``note`` of None keeps
         the note the alert has.
         """
+
+    # -- access grants and suppressions ------------------------------------------------
+    def add_grant(self, grant: Grant) -> None:
+        """Keep an access grant.
+
+        Raises:
+            ValueError: A grant with this id is already stored, or its text holds a NUL.
+        """
+
+    def revoke_grant(self, grant_id: str, *, now: int) -> bool:
+        """Revoke a grant from ``now`` on; false if there is no such grant or it was revoked."""
+
+    def grants(self, *, now: int | None = None) -> list[Grant]:
+        """Grants, oldest first: every one, or (``now``) only those in force at ``now``."""
+
+    def add_suppression(
+        self,
+        suppression: Suppression,
+        *,
+        suppression_id: str,
+        created_at: int,
+        alert_id: str | None = None,
+    ) -> None:
+        """Keep a suppression (``alert_id``: the alert whose triage created it).
+
+        Raises:
+            ValueError: A suppression with this id is already stored, or its text holds a NUL.
+        """
+
+    def suppressions(self, *, now: int | None = None) -> list[Suppression]:
+        """Suppressions, oldest first: every one, or (``now``) only those not expired."""
 
     def close(self) -> None:
         """Release connections."""

@@ -1,6 +1,6 @@
 """The one schema of both stores: tables, versioned migrations, and the SQL they share.
 
-Tables (schema version 1)::
+Tables (schema version 2)::
 
     schema_migrations(version, name, applied_at)
                         one row per migration applied, in the same transaction as it
@@ -20,6 +20,13 @@ Tables (schema version 1)::
     alerts(id, created_at, updated_at, severity_id, title, rule, status, disposition,
            note, agent_id, evidence, finding)
                         ``evidence`` is a JSON array of event uids, ``finding`` OCSF JSON
+    grants(id, user_name, asset, approver, reason, created_at, expires_at, revoked_at)
+                        time-limited access grants (``weightwarden access grant``), kept
+                        after they expire or are revoked, for the audit trail
+    suppressions(id, rule, reason, user_glob, host_glob, program_glob, path_glob,
+                 expires_at, created_at, alert_id)
+                        scoped suppressions from triage (``alerts resolve --suppress``);
+                        ``alert_id`` is the alert whose disposition created it
 
 There is deliberately no index on the uid of agent events: agent uids are random, and a
 random-key index costs every ingest batch a write to most of its leaf pages.
@@ -217,6 +224,36 @@ MIGRATIONS: Final = (
                 finding TEXT NOT NULL
             )""",
             "CREATE INDEX alerts_created ON alerts (created_at, id)",
+        ),
+    ),
+    Migration(
+        version=2,
+        name="access grants and triage suppressions",
+        statements=(
+            """CREATE TABLE grants (
+                id {key} PRIMARY KEY,
+                user_name TEXT NOT NULL,
+                asset TEXT NOT NULL,
+                approver TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                created_at {int} NOT NULL,
+                expires_at {int} NOT NULL,
+                revoked_at {int}
+            )""",
+            "CREATE INDEX grants_created ON grants (created_at, id)",
+            """CREATE TABLE suppressions (
+                id {key} PRIMARY KEY,
+                rule TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                user_glob TEXT,
+                host_glob TEXT,
+                program_glob TEXT,
+                path_glob TEXT,
+                expires_at {int},
+                created_at {int} NOT NULL,
+                alert_id {key}
+            )""",
+            "CREATE INDEX suppressions_created ON suppressions (created_at, id)",
         ),
     ),
 )

@@ -44,6 +44,7 @@ from collector.store._schema import (
     event_row,
     postgres_sql,
 )
+from policies import Grant, Suppression
 from weightwarden.crypto.chain import GENESIS
 from weightwarden.errors import UsageError
 
@@ -70,6 +71,11 @@ _INSERT_EVENTS: Final = (
 _SELECT_AGENTS: Final = f"SELECT {_AGENTS} FROM agents"  # noqa: S608
 _SELECT_ALERTS: Final = f"SELECT {_ALERTS} FROM alerts"  # noqa: S608
 _SELECT_EVENTS: Final = f"SELECT {_EVENTS} FROM"
+_GRANTS: Final = "id, user_name, asset, approver, reason, created_at, expires_at, revoked_at"
+_SUPPRESSIONS: Final = (
+    "id, rule, reason, user_glob, host_glob, program_glob, path_glob, expires_at, created_at,"
+    " alert_id"
+)
 
 
 class Conflict(Exception):  # noqa: N818 -- internal signal: a unique key was already taken
@@ -606,6 +612,158 @@ class SqlStore(Generic[C]):
             return self._find_alert(cursor, found.id)
 
         return self._write(work)
+
+    # -- access grants and suppressions ----------------------------------------------
+    def add_grant(self, grant: Grant) -> None:
+        """Keep an access grant.
+
+        Raises:
+            ValueError: A grant with this id is already stored, or its text holds a NUL.
+        """
+        _no_nul("grant", grant.id, grant.id, grant.user, grant.asset, grant.approver, grant.reason)
+
+        def work(cursor: C) -> None:
+            cursor.execute(
+                self._q(
+                    f"INSERT INTO grants ({_GRANTS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                ),
+                (
+                    grant.id,
+                    grant.user,
+                    grant.asset,
+                    grant.approver,
+                    grant.reason,
+                    grant.created_at,
+                    grant.until,
+                    grant.revoked_at,
+                ),
+            )
+
+        try:
+            self._write(work)
+        except Conflict:
+            raise ValueError(f"grant {grant.id!r} is already stored") from None
+
+    def revoke_grant(self, grant_id: str, *, now: int) -> bool:
+        """Revoke a grant from ``now`` on; false if there is no such grant or it was revoked."""
+
+        def work(cursor: C) -> bool:
+            cursor.execute(
+                self._q("UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"),
+                (now, grant_id),
+            )
+            return cursor.rowcount == 1
+
+        return self._write(work)
+
+    def grants(self, *, now: int | None = None) -> list[Grant]:
+        """Grants, oldest first: every one, or (``now``) only those in force at ``now``.
+
+        In force: created at or before ``now``, expiring after it, not revoked by then.
+        """
+        sql = f"SELECT {_GRANTS} FROM grants"  # noqa: S608
+        params: tuple[int, ...] = ()
+        if now is not None:
+            sql += (
+                " WHERE created_at <= ? AND expires_at > ?"
+                " AND (revoked_at IS NULL OR revoked_at > ?)"
+            )
+            params = (now, now, now)
+        sql += " ORDER BY created_at, id"
+        return [_grant_from_row(row) for row in self._fetch_all(self._q(sql), params)]
+
+    def add_suppression(
+        self,
+        suppression: Suppression,
+        *,
+        suppression_id: str,
+        created_at: int,
+        alert_id: str | None = None,
+    ) -> None:
+        """Keep a suppression (``alert_id``: the alert whose triage created it).
+
+        Raises:
+            ValueError: A suppression with this id is already stored, or its text holds a NUL.
+        """
+        s = suppression
+        _no_nul(
+            "suppression",
+            suppression_id,
+            suppression_id,
+            s.rule,
+            s.reason,
+            s.user,
+            s.host,
+            s.program,
+            s.path,
+            alert_id,
+        )
+
+        def work(cursor: C) -> None:
+            cursor.execute(
+                self._q(
+                    f"INSERT INTO suppressions ({_SUPPRESSIONS})"  # noqa: S608
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    suppression_id,
+                    s.rule,
+                    s.reason,
+                    s.user,
+                    s.host,
+                    s.program,
+                    s.path,
+                    s.until,
+                    created_at,
+                    alert_id,
+                ),
+            )
+
+        try:
+            self._write(work)
+        except Conflict:
+            raise ValueError(f"suppression {suppression_id!r} is already stored") from None
+
+    def suppressions(self, *, now: int | None = None) -> list[Suppression]:
+        """Suppressions, oldest first: every one, or (``now``) only those not expired."""
+        sql = f"SELECT {_SUPPRESSIONS} FROM suppressions"  # noqa: S608
+        params: tuple[int, ...] = ()
+        if now is not None:
+            sql += " WHERE expires_at IS NULL OR expires_at > ?"
+            params = (now,)
+        sql += " ORDER BY created_at, id"
+        return [_suppression_from_row(row) for row in self._fetch_all(self._q(sql), params)]
+
+
+def _no_nul(kind: str, key: str, *texts: str | None) -> None:
+    """Refuse text PostgreSQL cannot keep, so both stores refuse it alike."""
+    if any(text is not None and "\x00" in text for text in texts):
+        raise ValueError(f"{kind} {key!r}: text holds a NUL character")
+
+
+def _grant_from_row(row: Sequence[Any]) -> Grant:
+    return Grant(
+        id=row[0],
+        user=row[1],
+        asset=row[2],
+        approver=row[3],
+        reason=row[4],
+        created_at=row[5],
+        until=row[6],
+        revoked_at=row[7],
+    )
+
+
+def _suppression_from_row(row: Sequence[Any]) -> Suppression:
+    return Suppression(
+        rule=row[1],
+        reason=row[2],
+        user=row[3],
+        host=row[4],
+        program=row[5],
+        path=row[6],
+        until=row[7],
+    )
 
 
 def _batch_rows(

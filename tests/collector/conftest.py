@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from collector.store import AlertStatus, Disposition, Store
+    from policies import Grant, Suppression
     from weightwarden.events import Event
 
 
@@ -65,6 +66,8 @@ class MemoryStore:
         self.alert_rows: dict[str, Alert] = {}
         self.quarantine_rows: list[QuarantinedBatch] = []
         self.head_hook: list[object] = []
+        self.grant_rows: dict[str, Grant] = {}
+        self.suppression_rows: dict[str, tuple[int, Suppression]] = {}
 
     # enrollment
     def add_token(self, *, token_hash: str, host: str, expires_at: int) -> None:
@@ -264,6 +267,50 @@ class MemoryStore:
             )
             self.alert_rows[found.id] = updated
             return updated
+
+    # grants and suppressions
+    def add_grant(self, grant: Grant) -> None:
+        """Keep a grant; its id must be new."""
+        with self.lock:
+            if grant.id in self.grant_rows:
+                raise ValueError(f"grant {grant.id!r} is already stored")
+            self.grant_rows[grant.id] = grant
+
+    def revoke_grant(self, grant_id: str, *, now: int) -> bool:
+        """Revoke a grant that is not revoked yet."""
+        with self.lock:
+            grant = self.grant_rows.get(grant_id)
+            if grant is None or grant.revoked_at is not None:
+                return False
+            self.grant_rows[grant_id] = dataclasses.replace(grant, revoked_at=now)
+            return True
+
+    def grants(self, *, now: int | None = None) -> list[Grant]:
+        """Grants oldest first; with ``now``, those in force."""
+        with self.lock:
+            rows = sorted(self.grant_rows.values(), key=lambda g: (g.created_at, g.id))
+        return [g for g in rows if now is None or g.valid_at(now)]
+
+    def add_suppression(
+        self,
+        suppression: Suppression,
+        *,
+        suppression_id: str,
+        created_at: int,
+        alert_id: str | None = None,
+    ) -> None:
+        """Keep a suppression; its id must be new."""
+        del alert_id
+        with self.lock:
+            if suppression_id in self.suppression_rows:
+                raise ValueError(f"suppression {suppression_id!r} is already stored")
+            self.suppression_rows[suppression_id] = (created_at, suppression)
+
+    def suppressions(self, *, now: int | None = None) -> list[Suppression]:
+        """Suppressions oldest first; with ``now``, those not expired."""
+        with self.lock:
+            rows = sorted(self.suppression_rows.items(), key=lambda item: (item[1][0], item[0]))
+        return [s for _, (_, s) in rows if now is None or s.until is None or s.until > now]
 
     def close(self) -> None:
         """Nothing to release."""

@@ -33,7 +33,16 @@ if TYPE_CHECKING:
 ADMIN_URL = os.environ.get(
     "WEIGHTWARDEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-DATA_TABLES = ("agents", "enroll_tokens", "events", "batch_nonces", "quarantine", "alerts")
+DATA_TABLES = (
+    "agents",
+    "enroll_tokens",
+    "events",
+    "batch_nonces",
+    "quarantine",
+    "alerts",
+    "grants",
+    "suppressions",
+)
 
 
 class PgServer:

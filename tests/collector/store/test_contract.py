@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from collector.store import SCHEMA_VERSION, Alert, HeadMoved, QuarantinedBatch, StoredEvent
+from policies import Grant, Suppression
 from weightwarden.crypto.chain import GENESIS
 from weightwarden.errors import ConfigError, UsageError
 
@@ -516,6 +517,120 @@ def test_update_alert_records_the_triage_decision(store: Store) -> None:
         store.update_alert("missing-id", status="resolved", disposition="benign", note=None, now=1)
         is None
     )
+
+
+# -- access grants and suppressions --------------------------------------------------------
+
+
+def grant(grant_id: str, *, created_at: int = 100, until: int = 200, **fields: object) -> Grant:
+    values: dict[str, object] = {
+        "id": grant_id,
+        "user": "alice",
+        "asset": "frontier-70b",
+        "approver": "dana",
+        "reason": "eval sweep ✓ (JIRA-12)",
+        "created_at": created_at,
+        "until": until,
+    }
+    values.update(fields)
+    return Grant(**values)  # type: ignore[arg-type]
+
+
+def test_grants_are_kept_oldest_first_and_filtered_by_what_is_in_force(store: Store) -> None:
+    """Every grant comes back as stored; with now, only grants created, unexpired, unrevoked."""
+    later = grant("g-later", created_at=150, until=400, user="bob")
+    early = grant("g-early")
+    store.add_grant(later)
+    store.add_grant(early)
+    assert store.grants() == [early, later]
+    assert store.grants(now=99) == []
+    assert store.grants(now=100) == [early]
+    assert store.grants(now=199) == [early, later]
+    assert store.grants(now=200) == [later]
+    assert store.grants(now=400) == []
+
+
+def test_revoking_a_grant_ends_it_once(store: Store) -> None:
+    """Revoke records the time; a second revoke, or an unknown id, reports false."""
+    store.add_grant(grant("g-1"))
+    assert store.revoke_grant("g-1", now=150)
+    assert not store.revoke_grant("g-1", now=160)
+    assert not store.revoke_grant("g-unknown", now=160)
+    [revoked] = store.grants()
+    assert revoked.revoked_at == 150
+    assert store.grants(now=149) == [revoked]
+    assert store.grants(now=150) == []
+    assert revoked.valid_at(149)
+    assert not revoked.valid_at(150)
+
+
+def test_a_grant_id_is_stored_once(store: Store) -> None:
+    """Adding a grant whose id is taken is refused and keeps the first."""
+    store.add_grant(grant("g-1"))
+    with pytest.raises(ValueError, match="already stored"):
+        store.add_grant(grant("g-1", user="mallory"))
+    assert [g.user for g in store.grants()] == ["alice"]
+
+
+@pytest.mark.parametrize("field", ["id", "user", "asset", "approver", "reason"])
+def test_a_grant_with_a_nul_character_is_refused_by_both_stores(store: Store, field: str) -> None:
+    """PostgreSQL text cannot hold NUL, so neither store accepts it."""
+    bad = grant("g-1")
+    with pytest.raises(ValueError, match="NUL"):
+        store.add_grant(dataclasses.replace(bad, **{field: getattr(bad, field) + "\x00"}))
+    assert store.grants() == []
+
+
+def test_suppressions_are_kept_oldest_first_and_filtered_by_expiry(store: Store) -> None:
+    """Scope globs, reason and expiry round-trip; with now, expired ones are left out."""
+    scoped = Suppression(
+        rule="weightwarden.rule.off_hours",
+        reason="false_positive on alert a1: on-call ✓",
+        user="alice",
+        host="gpu-[0-9]*",
+        program="python3",
+        path="/data/ckpt/[*]weird",
+        until=500,
+    )
+    forever = Suppression(rule="weightwarden.rule.first_seen", reason="benign", host="lab-*")
+    store.add_suppression(forever, suppression_id="s-2", created_at=20)
+    store.add_suppression(scoped, suppression_id="s-1", created_at=10, alert_id="a1")
+    assert store.suppressions() == [scoped, forever]
+    assert store.suppressions(now=499) == [scoped, forever]
+    assert store.suppressions(now=500) == [forever]
+
+
+def test_a_suppression_id_is_stored_once_and_nul_is_refused(store: Store) -> None:
+    """A taken id or a NUL character is a ValueError; nothing is stored."""
+    one = Suppression(rule="r", reason="x", user="alice")
+    store.add_suppression(one, suppression_id="s-1", created_at=1)
+    with pytest.raises(ValueError, match="already stored"):
+        store.add_suppression(one, suppression_id="s-1", created_at=2)
+    with pytest.raises(ValueError, match="NUL"):
+        store.add_suppression(
+            dataclasses.replace(one, path="/x\x00"), suppression_id="s-2", created_at=2
+        )
+    assert store.suppressions() == [one]
+
+
+def test_a_version_1_database_gains_grants_and_suppressions_keeping_its_data(
+    open_backend: Callable[..., Store], raw_sql: Callable[..., list[Any]]
+) -> None:
+    """Migration 2 adds the tables to a database written before it, keeping what is there."""
+    open_backend().close()
+    raw_sql("DROP TABLE grants")
+    raw_sql("DROP TABLE suppressions")
+    raw_sql("DELETE FROM schema_migrations WHERE version >= 2")
+    raw_sql(
+        "INSERT INTO agents (agent_id, public_key_pem, enrolled_at, head_seq, head_hash)"
+        " VALUES ('gpu-01', 'pem', 1, 0, 'genesis')"
+    )
+    store = open_backend()
+    assert store.agent("gpu-01") is not None
+    store.add_grant(grant("g-1"))
+    assert [g.id for g in store.grants()] == ["g-1"]
+    rows = raw_sql("SELECT version FROM schema_migrations ORDER BY version")
+    assert [row[0] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
 
 
 # -- lifecycle and schema ----------------------------------------------------------------
