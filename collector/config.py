@@ -27,6 +27,9 @@
     max_connections = 64            # open connections; more are answered 503
     read_timeout = "30s"            # a client silent this long is disconnected
 
+    [detection]
+    policy = "/etc/weightwarden/policy.toml"  # the policy file (commands' --policy wins)
+
 A bad value is a :class:`~weightwarden.errors.ConfigError` naming the file, line and key
 (exit 78, so systemd does not restart into the same mistake).
 """
@@ -67,6 +70,7 @@ __all__ = [
     "CollectorConfig",
     "CollectorSection",
     "CollectorSettings",
+    "DetectionSection",
     "InitResult",
     "LimitsSection",
     "init_directory",
@@ -148,11 +152,19 @@ class LimitsSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionSection:
+    """``[detection]``: the policy file detection and access grants are judged by."""
+
+    policy: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CollectorConfig:
     """The whole ``collector.toml``."""
 
     collector: CollectorSection = field(default_factory=CollectorSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    detection: DetectionSection = field(default_factory=DetectionSection)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +178,7 @@ class CollectorSettings:
         tls_cert: The certificate to serve HTTPS with, if configured.
         tls_key: Its private key.
         public_key: The collector's public key file (``collector.pub``), if present.
+        policy: The policy file (``[detection] policy``), if configured.
     """
 
     directory: Path
@@ -174,6 +187,7 @@ class CollectorSettings:
     tls_cert: Path | None
     tls_key: Path | None
     public_key: Path | None
+    policy: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +236,7 @@ def load_settings(directory: Path) -> CollectorSettings:
         tls_cert=resolve(section.tls_cert),
         tls_key=resolve(section.tls_key),
         public_key=public if public.is_file() else None,
+        policy=resolve(config.detection.policy),
     )
 
 
@@ -247,7 +262,9 @@ def _config_text(*, listen: str, tls: bool) -> str:
         "rate_events_per_second = 100000   # per agent\n"
         "rate_burst_events = 200000\n"
         "max_connections = 64\n"
-        'read_timeout = "30s"\n'
+        'read_timeout = "30s"\n\n'
+        "[detection]\n"
+        '# policy = "/etc/weightwarden/policy.toml"  # or pass --policy FILE\n'
     )
 
 

@@ -4,6 +4,8 @@ pyproject.toml registers both in the ``weightwarden.commands`` group::
 
     collector = "collector.cli:register_collector"
     alerts = "collector.cli:register_alerts"
+    policy = "collector.cli:register_policy"
+    access = "collector.cli:register_access"
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function. Every
 command takes ``--dir DIR`` (the collector directory: ``$WEIGHTWARDEN_COLLECTOR_DIR``, else
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["register_alerts", "register_collector"]
+__all__ = ["register_access", "register_alerts", "register_collector", "register_policy"]
 
 
 def register_collector(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
@@ -46,3 +48,17 @@ def register_alerts(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers 
     from collector.cli import _alerts  # noqa: PLC0415 -- keep `weightwarden seal` lean
 
     _alerts.register(sub)
+
+
+def register_policy(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``policy`` (check) to the ``weightwarden`` parser."""
+    from collector.cli import _policy  # noqa: PLC0415 -- keep `weightwarden seal` lean
+
+    _policy.register(sub)
+
+
+def register_access(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``access`` (grant, revoke, list) to the ``weightwarden`` parser."""
+    from collector.cli import _access  # noqa: PLC0415 -- keep `weightwarden seal` lean
+
+    _access.register(sub)

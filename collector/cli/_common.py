@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from collector.config import DEFAULT_DIR, DIR_ENV, load_settings
+from collector.config import CONFIG_NAME, DEFAULT_DIR, DIR_ENV, load_settings
 from weightwarden.config import parse_duration, parse_since
-from weightwarden.errors import UsageError
+from weightwarden.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -23,14 +23,17 @@ if TYPE_CHECKING:
 
     from collector.config import CollectorSettings
     from collector.store import Store
+    from policies import Policy
 
 __all__ = [
+    "add_policy_option",
     "add_store_options",
     "collector_dir",
     "now_ms",
     "open_from_args",
     "parse_since",
     "parse_ttl",
+    "policy_from_args",
     "safe",
     "settings_from_args",
     "table",
@@ -92,6 +95,38 @@ def open_from_args(args: argparse.Namespace) -> Store:
         return open_store(args.db)
     settings = settings_from_args(args)
     return open_store(settings.db, synchronous=settings.config.collector.synchronous)
+
+
+def add_policy_option(parser: argparse.ArgumentParser) -> None:
+    """``--policy FILE``, which overrides ``[detection] policy`` in ``DIR/collector.toml``."""
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the policy file (default: [detection] policy in DIR/collector.toml)",
+    )
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The policy ``--policy`` names, else the one ``DIR/collector.toml`` names, parsed.
+
+    Raises:
+        ConfigError: Neither names a policy, or the file is missing, unreadable or invalid.
+    """
+    from collector.policy_file import load_policy  # noqa: PLC0415 -- only commands that judge
+
+    if args.policy is not None:
+        return load_policy(Path(args.policy))
+    directory = collector_dir(args)
+    path = None
+    if (directory / CONFIG_NAME).is_file():
+        path = settings_from_args(args).policy
+    if path is None:
+        raise ConfigError(
+            f"no policy file: pass --policy FILE, or set [detection] policy in "
+            f"{directory / CONFIG_NAME}"
+        )
+    return load_policy(path)
 
 
 def parse_ttl(text: str) -> int:

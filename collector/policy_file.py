@@ -1,0 +1,50 @@
+"""Read a policy file from disk and parse it: the one place the collector opens policies.
+
+:mod:`policies` is pure (it parses text); this module adds the file I/O, so every
+command (``policy check``, ``access grant``, ``detect``, ``eval``) reports a missing,
+unreadable or non-UTF-8 policy file the same way: one
+:class:`~weightwarden.errors.ConfigError` line (exit 78) naming the file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from policies import parse_policy
+from weightwarden.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from policies import Policy
+
+__all__ = ["load_policy"]
+
+
+def load_policy(path: Path) -> Policy:
+    """The policy in the file at ``path``, parsed and validated.
+
+    Raises:
+        ConfigError: The file is missing, a directory, unreadable, not UTF-8, or not a
+            valid policy (see :func:`policies.parse_policy`); the message starts with the
+            path.
+    """
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{source}: policy file not found; check the path, or write one (the package "
+            "ships examples in policies/examples/)"
+        ) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{source}: cannot read the policy file: it is a directory") from exc
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the policy file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        ) from exc
+    return parse_policy(text, source)
