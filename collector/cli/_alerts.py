@@ -10,12 +10,16 @@ Detection Finding (2004), one JSON object per line, with its triage state: ``sta
 store (``--format ocsf``: the finding, then each evidence event, one JSON line each).
 ``ack`` and ``resolve`` record a disposition (true_positive, false_positive, benign) and
 an optional note. An ID may be abbreviated to a unique prefix of at least 6 characters.
+With a false_positive or benign disposition, ``--suppress user,program`` (any of user,
+host, program, path) also keeps the alert's rule quiet for those values of its first
+evidence event, for ``--suppress-for`` (default 30d); see :mod:`collector.feedback`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import uuid
 from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 from collector.alerts import decode_finding
@@ -29,6 +33,13 @@ from collector.cli._common import (
     utc,
 )
 from collector.cli._transfer import export_line
+from collector.feedback import (
+    DEFAULT_SUPPRESS_FOR,
+    parse_scope,
+    parse_suppress_for,
+    suppression_for,
+)
+from detectors.access import access_from_json
 from weightwarden.errors import EventFormatError, UsageError
 from weightwarden.events import (
     EXTENSION_KEY,
@@ -46,12 +57,14 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from collector.store import Alert, AlertStatus, Disposition, Store, StoredEvent
+    from detectors.access import Access
     from weightwarden.events import Event
 
 __all__ = ["finding_line", "register"]
 
 _STATUSES: Final = ("new", "acknowledged", "resolved")
 _DISPOSITIONS: Final = ("true_positive", "false_positive", "benign")
+_SUPPRESSIBLE: Final = ("false_positive", "benign")
 _FINDING_STATUS: Final = {
     "new": FindingStatus.NEW,
     "acknowledged": FindingStatus.IN_PROGRESS,
@@ -108,6 +121,17 @@ def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action 
         parser.add_argument("id", metavar="ID", help="alert id, or a unique prefix")
         parser.add_argument("--disposition", choices=_DISPOSITIONS, required=True)
         parser.add_argument("--note", metavar="TEXT", help="why (kept with the alert)")
+        parser.add_argument(
+            "--suppress",
+            metavar="SCOPE",
+            help="with false_positive or benign: silence this rule for the first evidence "
+            "event's values of SCOPE, a comma list of user,host,program,path",
+        )
+        parser.add_argument(
+            "--suppress-for",
+            metavar="DURATION",
+            help=f"how long --suppress lasts (default {DEFAULT_SUPPRESS_FOR}, at most 365d)",
+        )
         add_store_options(parser)
         parser.set_defaults(func=_run_update, status=status)
 
@@ -306,15 +330,45 @@ def _run_update(args: argparse.Namespace) -> int:
     note = args.note
     if note is not None and len(note) > _MAX_NOTE:
         raise UsageError(f"--note is {len(note)} characters; at most {_MAX_NOTE}")
+    scope: tuple[str, ...] = ()
+    duration = 0
+    if args.suppress is None:
+        if args.suppress_for is not None:
+            raise UsageError("--suppress-for goes with --suppress SCOPE")
+    else:
+        if args.disposition not in _SUPPRESSIBLE:
+            raise UsageError(
+                f"--suppress goes with --disposition false_positive or benign, not "
+                f"{args.disposition}: a true positive must keep alerting"
+            )
+        scope = parse_scope(args.suppress)
+        duration = parse_suppress_for(args.suppress_for or DEFAULT_SUPPRESS_FOR)
     store = open_from_args(args)
     try:
+        now = now_ms()
+        suppression = None
+        if scope:
+            alert = _find(store, args.id)
+            suppression = suppression_for(
+                alert,
+                _first_evidence(store, alert),
+                scope,
+                disposition=args.disposition,
+                note=note,
+                now=now,
+                duration_ms=duration,
+            )
         updated = store.update_alert(
             args.id,
             status=cast("AlertStatus", args.status),
             disposition=cast("Disposition", args.disposition),
             note=note,
-            now=now_ms(),
+            now=now,
         )
+        if updated is not None and suppression is not None:
+            store.add_suppression(
+                suppression, suppression_id=uuid.uuid4().hex, created_at=now, alert_id=updated.id
+            )
     finally:
         store.close()
     if updated is None:
@@ -323,4 +377,38 @@ def _run_update(args: argparse.Namespace) -> int:
             "see weightwarden alerts list"
         )
     print(f"{updated.id}: {updated.status} ({updated.disposition})")
+    if suppression is not None:
+        scoped = ", ".join(
+            f"{field}={safe(getattr(suppression, field))}"
+            for field in ("user", "host", "program", "path")
+            if getattr(suppression, field) is not None
+        )
+        print(f"suppressed {safe(suppression.rule)} for {scoped} until {utc(suppression.until)}")
     return 0
+
+
+def _first_evidence(store: Store, alert: Alert) -> Access:
+    """The alert's first evidence event, as the detectors read it.
+
+    Raises:
+        UsageError: The alert names no evidence, the first is not in the store, or it is
+            not an access (a finding).
+    """
+    if not alert.evidence:
+        raise UsageError(f"alert {alert.id} names no evidence event to scope a suppression by")
+    events = evidence_events(store, alert)
+    if not events or events[0].uid != alert.evidence[0]:
+        raise UsageError(
+            f"alert {alert.id}: its first evidence event is not in the store, so there is "
+            "nothing to scope a suppression by; resolve it without --suppress"
+        )
+    try:
+        access = access_from_json(events[0].payload)
+    except (ValueError, TypeError):
+        access = None
+    if access is None:
+        raise UsageError(
+            f"alert {alert.id}: its first evidence event is not a file or network access, "
+            "so it has no user, host, program or path to scope by"
+        )
+    return access
