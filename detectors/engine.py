@@ -7,7 +7,9 @@ result; models are fitted on the spot and never persisted.
 
 Order of work: a pass over the events to learn each asset's size; one pass through every
 rule (each keeps its own explicit state: sessions for egress, windows for bulk reads, what
-each entity has used for first-seen) while the user-day features accumulate; then the
+each entity has used for first-seen) while the user-day features accumulate. Rules that
+judge an access once (authorisation, bulk read, off-hours, first-seen) see the open of
+each session, not its progress and close reports; then the
 robust z-scores and the isolation forests over the feature rows; suppressions; the roll-up.
 Events before ``report_from`` teach the baselines but raise nothing.
 """
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeAlias
 
+from detectors.access import AccessKind
 from detectors.authorization import AuthorizationRules
 from detectors.baseline import robust_z_findings
 from detectors.bulk_read import BulkReadRule, asset_bytes
@@ -31,14 +34,19 @@ from detectors.risk import roll_up
 from detectors.staging import StagingRules
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from detectors.access import Access
     from detectors.context import Context
     from detectors.finding import Finding
     from detectors.risk import DailyRisk
 
+    Rule: TypeAlias = Callable[[Access], list[Finding]]
+
 __all__ = ["Detection", "detect"]
+
+_LATER_PHASES: Final = frozenset({"close", "progress"})
+"""Session phases after the open: rules judged once per access session skip them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,23 +87,37 @@ def detect(
     """
     if any(a.time > b.time for a, b in itertools.pairwise(accesses)):
         accesses = sorted(accesses, key=lambda access: access.time)
-    rules = (
-        IntegrityRules(context),
+    integrity = IntegrityRules(context)
+    egress = EgressRule(context)
+    staging = StagingRules(context)
+    per_session = (
         AuthorizationRules(context),
-        StagingRules(context),
-        EgressRule(context),
         BulkReadRule(context, asset_bytes(context, accesses)),
         OffHoursRule(context),
         FirstSeenRule(context),
     )
+    by_kind: dict[AccessKind, tuple[Rule, ...]] = {
+        AccessKind.READ: (integrity, egress),
+        AccessKind.WRITE: (integrity, staging),
+        AccessKind.RENAME: (integrity, staging),
+        AccessKind.DELETE: (integrity,),
+        AccessKind.CONNECT: (egress,),
+    }
     features = DayFeatures(context, excluded)
     found: list[Finding] = []
     entities: set[str] = set()
     for access in accesses:
         entities.add(access.user)
         features(access)
-        for rule in rules:
-            found.extend(rule(access))
+        for rule in by_kind.get(access.kind, ()):
+            if result := rule(access):
+                found.extend(result)
+        if access.kind is AccessKind.READ and (
+            access.session is None or access.phase not in _LATER_PHASES
+        ):
+            for rule in per_session:
+                if result := rule(access):
+                    found.extend(result)
     if models:
         rows = features.rows()
         found.extend(robust_z_findings(rows, context.role))

@@ -5,8 +5,9 @@ none of which is extreme alone (many hosts *and* a new program *and* some egress
 forest per role is fitted on that role's user-days (a few thousand rows fit in well under a
 second) and refitted on every run: nothing is persisted, so nothing is unpickled. The
 days in the top :data:`TAIL` of anomaly scores become low-scored findings that add to the
-day's risk; they rarely make an alert alone. The explanation lists the features furthest
-from the role's median.
+day's risk; they rarely make an alert alone. Only days with some feature well above the
+role's median are reported (a quiet day is isolated too, and is no risk); the explanation
+lists the features furthest above it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ TAIL: Final = 0.005
 _MIN_ROWS: Final = 50
 _TOP: Final = 3
 _SEED: Final = 0
+_MIN_RISE: Final = 2.0
+"""A day is reported only if some feature is this many robust deviations above the role's
+median: forests also isolate unusually quiet days, which are no risk."""
 
 
 def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> list[Finding]:
@@ -58,7 +62,9 @@ def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> li
         for position in np.flatnonzero(anomaly >= cut):
             row = rows[int(index[position])]
             z = (block[position] - median) / spread
-            order = np.argsort(-np.abs(z))[:_TOP]
+            if float(z.max()) < _MIN_RISE:
+                continue  # isolated by being quiet: a day off is no risk
+            order = [i for i in np.argsort(-z)[:_TOP] if z[i] > 0]
             contributions = tuple(
                 Contribution(
                     feature=FEATURES[i],
@@ -79,7 +85,7 @@ def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> li
                     entity=row.entity,
                     time=row.first,
                     severity=Severity.LOW,
-                    score=10.0 + 20.0 * strength,
+                    score=float(10.0 + 20.0 * strength),
                     title=f"{row.entity}: day unlike other {role} days ({named})",
                     reason=(
                         f"Among the {len(index)} days of role {role}, this one is in the most "

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["register_access", "register_alerts", "register_collector", "register_policy"]
+__all__ = [
+    "register_access",
+    "register_alerts",
+    "register_collector",
+    "register_detect",
+    "register_eval",
+    "register_policy",
+    "register_simulate",
+]
 
 
 def register_collector(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
@@ -62,3 +70,24 @@ def register_access(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers 
     from collector.cli import _access  # noqa: PLC0415 -- keep `weightwarden seal` lean
 
     _access.register(sub)
+
+
+def register_detect(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``detect`` to the ``weightwarden`` parser."""
+    from collector.cli import _detect  # noqa: PLC0415 -- keep `weightwarden seal` lean
+
+    _detect.register(sub)
+
+
+def register_eval(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``eval`` to the ``weightwarden`` parser."""
+    from collector.cli import _eval  # noqa: PLC0415 -- keep `weightwarden seal` lean
+
+    _eval.register(sub)
+
+
+def register_simulate(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Add ``simulate`` (a labelled ML organisation as OCSF events) to the parser."""
+    from collector.cli import _simulate  # noqa: PLC0415 -- keep `weightwarden seal` lean
+
+    _simulate.register(sub)

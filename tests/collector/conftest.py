@@ -41,6 +41,7 @@ from weightwarden.events import (
     Process,
     SealInfo,
     SealStatus,
+    SessionPhase,
     Severity,
     User,
     canonical_bytes,
@@ -338,6 +339,50 @@ def file_open(host: str, *, path: str = "/weights/run/model.safetensors", at: in
     )
 
 
+_session_uids = itertools.count()
+
+
+def read_session(
+    user: str, path: str, at: int, *, canary: bool = False, host: str = "gpu-001"
+) -> list[FileActivity]:
+    """An access session as the agent reports it: the open, then the close with bytes."""
+    person = User(uid=1000, name=user)
+    process = Process(
+        pid=4000 + next(_session_uids) % 1000,
+        attribution=Attribution.FULL,
+        exe="/usr/bin/python3.11",
+        user=person,
+        login_user=person,
+    )
+    session = f"s{next(_session_uids)}"
+    common = {
+        "device": Device(hostname=host, agent_id=host),
+        "actor": Actor(process=process, user=person),
+        "file": FileRef(path=path, size=1 << 30),
+        "severity": Severity.CRITICAL if canary else Severity.INFORMATIONAL,
+        "session_uid": session,
+        "canary": canary,
+    }
+    return [
+        FileActivity(
+            uid=f"u{next(_session_uids)}",
+            time=at,
+            activity=FileActivityType.OPEN,
+            session_phase=SessionPhase.OPEN,
+            **common,
+        ),
+        FileActivity(
+            uid=f"u{next(_session_uids)}",
+            time=at + 60_000,
+            activity=FileActivityType.READ,
+            session_phase=SessionPhase.CLOSE,
+            mmap_bytes=1 << 30,
+            fraction_read=1.0,
+            **common,
+        ),
+    ]
+
+
 def canary_open(host: str, *, session: str = "s-1", at: int = 1_000) -> Event:
     """Alice opens a canary file (CRITICAL on the agent)."""
     return FileActivity(
@@ -450,13 +495,14 @@ def sim_agent() -> type[SimAgent]:
 
 @pytest.fixture(scope="session")
 def make() -> types.SimpleNamespace:
-    """Event builders (file_open, canary_open, tampered, copied, health), each ``f(host)``."""
+    """Event builders: file_open, canary_open, tampered, copied, health; read_session."""
     return types.SimpleNamespace(
         file_open=file_open,
         canary_open=canary_open,
         tampered=tampered,
         copied=copied,
         health=health,
+        read_session=read_session,
     )
 
 
@@ -588,6 +634,7 @@ __all__ = [
     "copied",
     "file_open",
     "health",
+    "read_session",
     "run_cli",
     "tampered",
     "weightwarden_argv",

@@ -1,0 +1,199 @@
+"""Batch detection over the stored record: ``weightwarden detect`` and ``weightwarden eval``.
+
+:func:`run_detection` reads the events of a period (and :data:`HISTORY` before it, so the
+baselines and first-seen state know what normal was), the access grants and suppressions
+the collector keeps, and the evidence of alerts dispositioned false positive (kept out of
+the baselines); runs :func:`detectors.engine.detect` under the policy; and turns the daily
+roll-up into alerts: each day's riskiest entity-days within the analysts' budget (N per
+1,000 entities a day), plus every CRITICAL one whatever the budget, because a canary touch
+must never wait for tomorrow's quota.
+
+An alert's id is derived from its entity and day, so running detection twice over the same
+period raises nothing twice (an alert already stored is kept as it was).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import orjson
+
+from collector.alerts import alert_from_finding
+from detectors.access import access_from_ocsf
+from detectors.context import Context
+from detectors.engine import detect
+from detectors.finding import DAY_MS
+from detectors.risk import per_day, within_budget
+from weightwarden.events import (
+    Analytic,
+    DetectionFinding,
+    Explanation,
+    Severity,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from collector.store import Alert, Store
+    from detectors.access import Access
+    from detectors.engine import Detection
+    from detectors.risk import DailyRisk
+    from policies import Grant, Policy, Suppression
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "HISTORY",
+    "DetectionRun",
+    "accesses_from_lines",
+    "alert_for",
+    "alerted_days",
+    "run_detection",
+]
+
+DEFAULT_BUDGET: Final = 5.0
+"""Alerts a day per 1,000 entities an analyst team reads."""
+HISTORY: Final = 28 * DAY_MS
+"""How far before the period detection reads to learn what is normal."""
+_MAX_EVIDENCE: Final = 200
+_MAX_FINDINGS_SHOWN: Final = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionRun:
+    """A detection run's outcome.
+
+    Attributes:
+        detection: Findings and the daily roll-up.
+        alerted: The entity-days raised as alerts (within budget, plus every CRITICAL one).
+        alerts: Their alerts, in the same order.
+        new_alerts: How many of them were not stored before.
+        daily_budget: Alerts a day the budget allowed.
+    """
+
+    detection: Detection
+    alerted: tuple[DailyRisk, ...]
+    alerts: tuple[Alert, ...]
+    new_alerts: int
+    daily_budget: int
+
+
+def accesses_from_lines(lines: Iterable[str | bytes]) -> list[Access]:
+    """The accesses in OCSF JSON lines (lines that are not events detection reads are skipped)."""
+    accesses = []
+    for line in lines:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and (access := access_from_ocsf(obj)) is not None:
+            accesses.append(access)
+    return accesses
+
+
+def _excluded(store: Store) -> set[str]:
+    """Evidence of alerts dispositioned false positive: kept out of the baselines."""
+    return {
+        uid
+        for alert in store.alerts(status="resolved")
+        if alert.disposition == "false_positive"
+        for uid in alert.evidence
+    } | {
+        uid
+        for alert in store.alerts(status="acknowledged")
+        if alert.disposition == "false_positive"
+        for uid in alert.evidence
+    }
+
+
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
+
+
+def alert_for(risk: DailyRisk, *, now: int) -> Alert:
+    """The alert for one entity-day: the top finding's rule, every finding explained."""
+    top = risk.findings[0]
+    key = "\x1f".join(("weightwarden.risk.daily", risk.entity, str(risk.day)))
+    finding_uid = "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    lines = [
+        f"- {f.name} (score {f.score:.0f}): {f.title}. {f.reason}"
+        for f in risk.findings[:_MAX_FINDINGS_SHOWN]
+    ]
+    if len(risk.findings) > _MAX_FINDINGS_SHOWN:
+        lines.append(f"- ... and {len(risk.findings) - _MAX_FINDINGS_SHOWN} more findings")
+    contributions = next((f.contributions for f in risk.findings if f.contributions), ())
+    extra = f" (+{len(risk.findings) - 1} more signals)" if len(risk.findings) > 1 else ""
+    finding = DetectionFinding(
+        uid=finding_uid,
+        time=risk.time,
+        severity=risk.severity,
+        finding_uid=finding_uid,
+        title=f"{_day(risk.day)} risk {risk.score:.0f}: {top.title}{extra}",
+        analytic=Analytic(name=top.name, kind=top.kind, uid=top.rule),
+        description=(
+            f"{risk.entity} on {_day(risk.day)}: daily risk {risk.score:.1f} from "
+            f"{len(risk.findings)} signal(s).\n" + "\n".join(lines)
+        ),
+        evidence_uids=risk.evidence[:_MAX_EVIDENCE],
+        explanation=Explanation(rule=top.reason, contributions=contributions),
+    )
+    return alert_from_finding(finding, agent_id=None, now=now)
+
+
+def alerted_days(detection: Detection, *, budget: float) -> tuple[list[DailyRisk], int]:
+    """The entity-days a run raises and the daily budget they were cut to."""
+    daily = per_day(budget, detection.entities)
+    chosen = within_budget(detection.risks, daily=daily)
+    taken = {(risk.entity, risk.day) for risk in chosen}
+    chosen += [
+        risk
+        for risk in detection.risks
+        if risk.severity >= Severity.CRITICAL and (risk.entity, risk.day) not in taken
+    ]
+    return chosen, daily
+
+
+def run_detection(
+    store: Store,
+    policy: Policy | None,
+    *,
+    since: int,
+    until: int,
+    now: int,
+    budget: float = DEFAULT_BUDGET,
+    grants: Sequence[Grant] | None = None,
+    suppressions: Sequence[Suppression] | None = None,
+) -> DetectionRun:
+    """Detect over ``[since, until)`` and store the alerts.
+
+    Args:
+        store: The record.
+        policy: The policy, or None to run without one (authorisation rules stay silent).
+        since: Start of the period, ms since the epoch.
+        until: End of the period (exclusive).
+        now: The time alerts are created at.
+        budget: Alerts a day per 1,000 entities.
+        grants: Grants to judge by; default: the ones the store keeps.
+        suppressions: Suppressions beyond the policy's; default: the ones the store keeps.
+    """
+    lines = (event.payload for event in store.events(since=since - HISTORY, until=until))
+    accesses = accesses_from_lines(lines)
+    context = Context(
+        policy=policy,
+        grants=tuple(store.grants() if grants is None else grants),
+        suppressions=tuple(store.suppressions() if suppressions is None else suppressions),
+    )
+    detection = detect(accesses, context, excluded=_excluded(store), report_from=since)
+    chosen, daily = alerted_days(detection, budget=budget)
+    alerts = [alert_for(risk, now=now) for risk in chosen]
+    known = {alert.id for alert in alerts if store.alert(alert.id) is not None}
+    store.add_alerts(alerts)
+    return DetectionRun(
+        detection=detection,
+        alerted=tuple(chosen),
+        alerts=tuple(alerts),
+        new_alerts=len(alerts) - len(known),
+        daily_budget=daily,
+    )
