@@ -361,6 +361,8 @@ class _Player:
         self.emit = emit
         self.recorder = recorder
         self.rng = rng
+        self.unauthorised: set[tuple[str, str]] = set()
+        """(user, asset) pairs read without authorisation: never granted later."""
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -381,13 +383,26 @@ class _Player:
             self.org.projects[name] if name else self.rng.choice(list(self.org.projects.values()))
         )
 
-    def other_project(self, person: Person) -> Project:
-        """A project ``person`` has no access to (not theirs, not their team's, not granted)."""
+    def foreign_project(self, person: Person) -> Project | None:
+        """A project ``person`` has no access to (not theirs, not their team's, not granted).
+
+        Nor one they already read without authorisation, so that no later grant covers it.
+        None when every project is open to them.
+        """
         granted = {g.asset for g in self.org.grants if g.user == person.name}
-        mine = {*person.projects, *(person.project,), *(granted)}
+        taken = {asset for user, asset in self.unauthorised if user == person.name}
+        mine = {*person.projects, *(person.project,), *granted, *taken}
         if person.switch is not None:
             mine.add(person.switch[1])
         pool = [p for n, p in self.org.projects.items() if n not in mine]
+        return self.rng.choice(pool) if pool else None
+
+    def other_project(self, person: Person) -> Project:
+        """A foreign project if there is one, else any project but their own."""
+        foreign = self.foreign_project(person)
+        if foreign is not None:
+            return foreign
+        pool = [p for n, p in self.org.projects.items() if n != person.project]
         return self.rng.choice(pool or list(self.org.projects.values()))
 
     def transfer(  # noqa: PLR0917 -- one read-and-send of a set of shards
@@ -548,8 +563,19 @@ class _Player:
 
     def unapproved_access(self, case: _Case) -> _Made:
         bad = self.person(case.actor)
-        project = self.other_project(bad)
+        project = self.foreign_project(bad)
+        if project is None:  # all open to them (an engineer of every project): someone else
+            for other in self.rng.sample(
+                self.org.by_role("researcher"), k=len(self.org.by_role("researcher"))
+            ):
+                bad, project = other, self.foreign_project(other)
+                if project is not None:
+                    break
+        if project is None:
+            msg = "unapproved_access needs someone with a project they may not read"
+            raise AssertionError(msg)
         t = self.at_work(bad, case.day)
+        self.unauthorised.add((bad.name, project.name))
         with self.record() as bad_events:
             self._read_other(bad, project, t)
         twin = self.person(case.twin_actor)
@@ -765,7 +791,9 @@ class _Player:
     def departing_bulk_read(self, case: _Case) -> _Made:
         bad = self.person(case.actor)
         own = self.own_project(bad)
-        others = [self.other_project(bad) for _ in range(self.rng.randint(1, 2))]
+        foreign = [self.foreign_project(bad) for _ in range(self.rng.randint(1, 2))]
+        others = [p for p in foreign if p is not None]
+        self.unauthorised.update((bad.name, p.name) for p in others)
         with self.record() as bad_events:
             for offset in range(case.span):
                 day = case.day + offset

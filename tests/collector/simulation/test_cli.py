@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from collector.simulation import SimulationSpec, write_simulation
+
 
 def test_simulate_writes_events_labels_and_the_default_policy(ww, tmp_path):
     """The command writes all three files and says what it wrote."""
@@ -61,3 +63,22 @@ def test_bad_arguments_exit_2_with_one_line(ww, tmp_path, args, says):
     line = ww("simulate", *args).one_line_error()
     assert says in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_separate_process_writes_the_same_bytes(ww, tmp_path):
+    """Another interpreter (another hash seed) gives byte-identical files to an in-process run."""
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "api").mkdir()
+    run = ww(
+        "simulate", "--users", "12", "--weeks", "1", "--seed", "9",
+        "--out", tmp_path / "cli/e.jsonl", "--labels", tmp_path / "cli/l.json",
+        env={"PYTHONHASHSEED": "12345"},
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    write_simulation(
+        SimulationSpec(users=12, weeks=1, seed=9),
+        events=tmp_path / "api/e.jsonl",
+        labels=tmp_path / "api/l.json",
+    )
+    for name in ("e.jsonl", "l.json", "l.policy.toml"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()

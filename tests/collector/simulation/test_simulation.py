@@ -16,6 +16,7 @@ from collector.simulation import (
     simulate,
     write_simulation,
 )
+from policies import Policy, matches, parse_policy
 from weightwarden.events import (
     FileActivity,
     FileActivityType,
@@ -272,3 +273,90 @@ def test_volume_grows_with_users_and_weeks():
     base = count(40, 1)
     assert 2.5 < count(160, 1) / base < 8
     assert 1.6 < count(40, 2) / base < 2.4
+
+
+@pytest.fixture(scope="module")
+def policy(run: Path, labels: dict) -> Policy:
+    """The run's policy file, parsed by the policy parser."""
+    path = run / labels["policy"]
+    return parse_policy(path.read_text(encoding="utf-8"), str(path))
+
+
+def _who(event: FileActivity) -> str:
+    process = event.actor.process
+    assert process is not None
+    user = process.login_user or process.user
+    assert user is not None
+    assert user.name is not None
+    return user.name
+
+
+def _authorised(policy: Policy, grants: list[dict], event: FileActivity) -> bool:
+    """Whether the reader of ``event`` may read its asset then (a rule, and a grant if needed)."""
+    asset = policy.asset_for(event.file.path)
+    assert asset is not None, event.file.path
+    user = _who(event)
+    process = event.actor.process
+    program = process.exe.rpartition("/")[2] if process and process.exe else None
+    granted = any(
+        g["user"] == user
+        and g["asset"] == asset.name
+        and g["created_at"] <= event.time < g["until"]
+        for g in grants
+    )
+    allowed = policy.allows(
+        asset=asset.name, user=user, program=program, host=event.device.hostname
+    )
+    return granted if asset.requires_grant else allowed or granted
+
+
+def test_the_policy_parses_and_covers_every_checkpoint_read(policy, events):
+    """The policy file is valid; every checkpoint read is of an asset; every canary is listed."""
+    assert policy.assets
+    reads = [e for e in events if isinstance(e, FileActivity) and e.session_phase is not None]
+    assert all(policy.asset_for(e.file.path) is not None for e in reads)
+    canaries = {e.file.path for e in reads if e.canary}
+    assert canaries
+    assert canaries <= set(policy.canaries)
+
+
+def test_benign_reads_are_authorised_and_unapproved_ones_are_not(policy, labels, events):
+    """Outside the malicious incidents, every read is allowed by a rule or a grant.
+
+    The malicious unapproved reads are allowed by neither; their twins are, through a grant.
+    """
+    grants = labels["grants"]
+    malicious = {
+        uid
+        for incident in labels["incidents"]
+        if incident["malicious"]
+        for uid in incident["events"]
+    }
+    reads = [
+        e
+        for e in events
+        if isinstance(e, FileActivity)
+        and e.session_phase is SessionPhase.CLOSE
+        and not e.canary
+        and e.uid not in malicious
+    ]
+    assert reads
+    denied = [e for e in reads if not _authorised(policy, grants, e)]
+    assert denied == []
+    for incident in _incident_events(labels, events, "unapproved_access", malicious=True):
+        closes = [e for e in incident if isinstance(e, FileActivity) and e.session_phase]
+        assert closes
+        assert not any(_authorised(policy, grants, e) for e in closes)
+
+
+def test_service_accounts_leave_their_hosts_only_in_the_incident(policy, labels, events):
+    """The stolen service account runs off its hosts; its twin on a new node stays inside them."""
+    for malicious in (True, False):
+        for incident in _incident_events(
+            labels, events, "service_account_new_host", malicious=malicious
+        ):
+            reads = [e for e in incident if isinstance(e, FileActivity)]
+            account = policy.service_account(_who(reads[0]))
+            assert account is not None
+            on_hosts = all(matches(e.device.hostname, account.hosts) for e in reads)
+            assert on_hosts is not malicious
