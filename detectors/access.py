@@ -72,6 +72,7 @@ class Access:
         user: The person (login user, else effective user).
         account: The effective user the process ran as.
         program: The program's name (exe basename), if known.
+        exe: The program's full path, if known.
         parent_program: The parent process's program name, if known.
         path: The file acted on; for a rename, its new path; "" for other events.
         size: The file's size in bytes, if known.
@@ -98,6 +99,7 @@ class Access:
     user: str
     account: str
     program: str | None = None
+    exe: str | None = None
     parent_program: str | None = None
     path: str = ""
     size: int | None = None
@@ -150,6 +152,12 @@ def _program(process: Mapping[str, object] | None) -> str | None:
     return None
 
 
+def _exe(process: Mapping[str, object] | None) -> str | None:
+    file = process.get("file") if process else None
+    path = file.get("path") if isinstance(file, dict) else None
+    return path if isinstance(path, str) and path else None
+
+
 def _mapping(value: object) -> Mapping[str, object] | None:
     return value if isinstance(value, dict) else None
 
@@ -198,6 +206,7 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:
         "user": login or account,
         "account": account,
         "program": _program(process),
+        "exe": _exe(process),
         "parent_program": _program(parent),
         "ssh_ip": ssh.get("ip") if ssh and isinstance(ssh.get("ip"), str) else None,
         "job": job if isinstance(job, str) else None,

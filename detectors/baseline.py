@@ -4,11 +4,14 @@ For every feature (:data:`~detectors.features.FEATURES`, compared as ``log1p`` s
 doubling counts the same at any scale), a day is compared with
 
 * the entity's own previous active days within :data:`HISTORY_DAYS` (median and MAD;
-  needs :data:`MIN_HISTORY` of them), and
-* its peer group (the role of its team) over the whole run (median and MAD).
+  needs :data:`MIN_HISTORY` of them),
+* its peer group (the role of its team) over the whole run (median and MAD), and
+* every entity's days over the whole run.
 
-A feature is unusual when it is above *both* (the lesser of the two z-scores): busy people
-stay busy, and a new project's ramp-up that looks like the rest of the team is not theft.
+A feature is unusual when it is above *all three* (the least of the z-scores): busy people
+stay busy, a new project's ramp-up that looks like the rest of the team is not theft, and an
+administrator who rarely reads weights reading a few is still reading far less than the
+people who work with them every day.
 An entity without enough history is judged against its peers alone, at a higher bar.
 Only increases count; a quiet day is not a risk. The finding names the three features that
 contributed most with their typical (entity median, else peer median) and actual values.
@@ -55,8 +58,11 @@ def robust_z_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> 
         return []
     values = np.log1p(np.stack([row.values for row in rows]))
     roles = np.array([role_of(row.entity) for row in rows])
-    peer_median: dict[str, NDArray[np.float64]] = {}
-    peer_scale: dict[str, NDArray[np.float64]] = {}
+    everyone = np.median(values, axis=0)
+    peer_median: dict[str, NDArray[np.float64]] = {"*": everyone}
+    peer_scale: dict[str, NDArray[np.float64]] = {
+        "*": _scale(np.median(np.abs(values - everyone), axis=0))
+    }
     for role in np.unique(roles):
         block = values[roles == role]
         median = np.median(block, axis=0)
@@ -98,7 +104,9 @@ def _entity_findings(
     for index in range(start, end):
         row = rows[index]
         x = values[index]
-        z_peer = (x - peer_median[role]) / peer_scale[role]
+        z_peer = np.minimum(
+            (x - peer_median[role]) / peer_scale[role], (x - peer_median["*"]) / peer_scale["*"]
+        )
         history = values[start:index][days[: index - start] >= row.day - HISTORY_DAYS]
         if len(history) >= MIN_HISTORY:
             median = np.median(history, axis=0)

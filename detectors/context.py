@@ -23,7 +23,7 @@ from policies import matches
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from policies import Asset, Grant, Policy, Suppression
+    from policies import Asset, Grant, Policy, ServiceAccount, Suppression
 
 __all__ = ["WEIGHT_SUFFIXES", "Context", "distinct", "host_class"]
 
@@ -69,6 +69,7 @@ class Context:
     _grants_by_user: Mapping[str, tuple[Grant, ...]] = field(init=False, default_factory=dict)
     _assets: dict[str, Asset | None] = field(init=False, default_factory=dict)
     _roles: dict[str, str] = field(init=False, default_factory=dict)
+    _accounts: dict[str, ServiceAccount | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         cidrs = self.policy.egress.allow_cidrs if self.policy else ()
@@ -110,6 +111,15 @@ class Context:
         """Whether ``path`` is model weights (an asset's file, or named like weights)."""
         return self.asset(path) is not None or path.endswith(WEIGHT_SUFFIXES)
 
+    def approved_copy(self, source: str, path: str) -> bool:
+        """Whether a copy of ``source`` may be written at ``path``.
+
+        Inside the source asset's files or its ``approved_roots``; without a policy asset
+        for the source, never.
+        """
+        asset = self.asset(source)
+        return asset is not None and (asset.covers(path) or matches(path, asset.approved_roots))
+
     def is_canary(self, path: str) -> bool:
         """Whether the policy lists ``path`` as a decoy."""
         return self.policy is not None and matches(path, self.policy.canaries)
@@ -131,7 +141,17 @@ class Context:
 
     def is_service(self, user: str) -> bool:
         """Whether ``user`` is a service account of the policy."""
-        return self.policy is not None and self.policy.service_account(user) is not None
+        return self.service_account(user) is not None
+
+    def service_account(self, name: str) -> ServiceAccount | None:
+        """The policy's service account called ``name`` (memoised), or None."""
+        if self.policy is None:
+            return None
+        try:
+            return self._accounts[name]
+        except KeyError:
+            found = self._accounts[name] = self.policy.service_account(name)
+            return found
 
     def role(self, user: str) -> str:
         """The peer group of ``user``: its team's role, ``service``, or ``unassigned``."""
@@ -150,6 +170,20 @@ class Context:
 
     # -- destinations ---------------------------------------------------------------------
 
+    def internal(self, ip: str | None) -> bool:
+        """Whether an address is inside the organisation's networks (no data leaves).
+
+        With a policy: one of its ``allow_cidrs``. Without one: private, loopback or
+        link-local. Approved outside services (``allow_hosts``) are not internal: data sent
+        there has left, even if the policy allows it.
+        """
+        address = _address(ip)
+        if address is None:
+            return False
+        if self.policy is None:
+            return address.is_private or address.is_loopback or address.is_link_local
+        return any(address in network for network in self._networks)
+
     def inside(self, ip: str | None, hostname: str | None) -> bool:
         """Whether a destination is inside the organisation (allowed for weights' readers).
 
@@ -158,12 +192,7 @@ class Context:
         """
         if self.policy is not None and matches(hostname, self.policy.egress.allow_hosts):
             return True
-        address = _address(ip)
-        if address is None:
-            return False
-        if self.policy is None:
-            return address.is_private or address.is_loopback or address.is_link_local
-        return any(address in network for network in self._networks)
+        return self.internal(ip)
 
     # -- suppressions ---------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ from detectors.egress import EgressRule
 from detectors.features import DayFeatures
 from detectors.integrity import IntegrityRules
 from detectors.isolation import forest_findings
+from detectors.links import ReadLinks
 from detectors.novelty import FirstSeenRule
 from detectors.off_hours import OffHoursRule
+from detectors.programs import ProgramRule
 from detectors.risk import roll_up
 from detectors.staging import StagingRules
 
@@ -87,37 +89,9 @@ def detect(
     """
     if any(a.time > b.time for a, b in itertools.pairwise(accesses)):
         accesses = sorted(accesses, key=lambda access: access.time)
-    integrity = IntegrityRules(context)
-    egress = EgressRule(context)
-    staging = StagingRules(context)
-    per_session = (
-        AuthorizationRules(context),
-        BulkReadRule(context, asset_bytes(context, accesses)),
-        OffHoursRule(context),
-        FirstSeenRule(context),
-    )
-    by_kind: dict[AccessKind, tuple[Rule, ...]] = {
-        AccessKind.READ: (integrity, egress),
-        AccessKind.WRITE: (integrity, staging),
-        AccessKind.RENAME: (integrity, staging),
-        AccessKind.DELETE: (integrity,),
-        AccessKind.CONNECT: (egress,),
-    }
-    features = DayFeatures(context, excluded)
-    found: list[Finding] = []
-    entities: set[str] = set()
-    for access in accesses:
-        entities.add(access.user)
-        features(access)
-        for rule in by_kind.get(access.kind, ()):
-            if result := rule(access):
-                found.extend(result)
-        if access.kind is AccessKind.READ and (
-            access.session is None or access.phase not in _LATER_PHASES
-        ):
-            for rule in per_session:
-                if result := rule(access):
-                    found.extend(result)
+    links = ReadLinks(context)
+    features = DayFeatures(context, links, excluded)
+    found, entities = _run_rules(accesses, context, links, features)
     if models:
         rows = features.rows()
         found.extend(robust_z_findings(rows, context.role))
@@ -140,7 +114,47 @@ def detect(
     return Detection(
         findings=tuple(kept),
         risks=tuple(roll_up(kept)),
-        entities=len(entities),
+        entities=entities,
         events=len(accesses),
         suppressed=len(found) - len(kept),
     )
+
+
+def _run_rules(
+    accesses: Sequence[Access], context: Context, links: ReadLinks, features: DayFeatures
+) -> tuple[list[Finding], int]:
+    """Every rule over the stream (features accumulate on the way); findings, entities."""
+    integrity = IntegrityRules(context)
+    egress = EgressRule(context, links)
+    staging = StagingRules(context)
+    per_session = (
+        AuthorizationRules(context),
+        ProgramRule(context),
+        BulkReadRule(context, asset_bytes(context, accesses)),
+        OffHoursRule(context),
+        FirstSeenRule(context),
+    )
+    by_kind: dict[AccessKind, tuple[Rule, ...]] = {
+        AccessKind.READ: (integrity,),
+        AccessKind.WRITE: (integrity, staging),
+        AccessKind.RENAME: (integrity, staging),
+        AccessKind.DELETE: (integrity,),
+        AccessKind.CONNECT: (egress,),
+    }
+    found: list[Finding] = []
+    entities: set[str] = set()
+    for access in accesses:
+        entities.add(access.user)
+        if access.kind is AccessKind.READ:
+            links.observe(access)
+        features(access)
+        for rule in by_kind.get(access.kind, ()):
+            if result := rule(access):
+                found.extend(result)
+        if access.kind is AccessKind.READ and (
+            access.session is None or access.phase not in _LATER_PHASES
+        ):
+            for rule in per_session:
+                if result := rule(access):
+                    found.extend(result)
+    return found, len(entities)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from detectors.access import Access
     from detectors.context import Context
+    from detectors.links import ReadLinks
 
 __all__ = ["FEATURES", "DayFeatures", "DayRow"]
 
@@ -41,7 +42,10 @@ FEATURES: Final = (
     "checkpoints_7d",
     "egress_mib_7d",
 )
-"""The feature columns, in order. ``*_7d`` are sums over the entity's last seven days."""
+"""The feature columns, in order. ``egress_*`` count connections that follow a weights read
+(:class:`~detectors.links.ReadLinks`) to destinations outside the organisation's networks,
+approved outside services included (data sent there has left); ``copies`` are copies of
+sealed weights outside their approved roots; ``*_7d`` are sums over the last seven days."""
 
 _MIB: Final = float(1 << 20)
 _ROLLING_DAYS: Final = 7
@@ -91,8 +95,9 @@ class DayRow:
 class DayFeatures:
     """Aggregates accesses into per-entity, per-day feature rows."""
 
-    def __init__(self, context: Context, excluded: Collection[str] = ()) -> None:
+    def __init__(self, context: Context, links: ReadLinks, excluded: Collection[str] = ()) -> None:
         self._context = context
+        self._links = links
         self._excluded = excluded
         self._days: dict[tuple[str, int], _Day] = {}
 
@@ -110,12 +115,19 @@ class DayFeatures:
         if kind is AccessKind.READ:
             counted = self._read(day, access)
         elif kind is AccessKind.CONNECT:
-            counted = not self._context.inside(access.dst_ip, access.dst_host)
+            counted = not self._context.internal(access.dst_ip) and (
+                self._links.linked(access) is not None
+            )
             if counted:
                 day.egress_bytes += access.bytes_out
                 day.destinations.add(access.dst_host or access.dst_ip or "?")
         else:
-            counted = kind in (AccessKind.WRITE, AccessKind.RENAME) and bool(access.copy_source)
+            source = access.copy_source
+            counted = (
+                kind in (AccessKind.WRITE, AccessKind.RENAME)
+                and source is not None
+                and not self._context.approved_copy(source, access.path)
+            )
             day.copies += counted
         if counted and len(day.evidence) < _EVIDENCE_PER_DAY:
             day.evidence.append(access.uid)

@@ -2,9 +2,10 @@
 
 After a warm-up (the first week an entity appears, when everything is new), each first
 use of a program, a host or an asset to read weights is a finding, scored by how rare it is
-among the entity's peers (its role): a researcher's first read from another GPU node of the
-same family is routine, an administrator's first read with ``dd`` that no administrator
-has used is not. Hosts are compared by family (``gpu-012`` is ``gpu-#``) for rarity.
+among the entity's peers (its role), and higher still when nobody in the record used it: a
+researcher's first read from another GPU node of the same family is routine, an
+administrator's first read with ``dd`` that no administrator has used is not. Hosts are
+compared by family (``gpu-012`` is ``gpu-#``) for rarity.
 
 State is explicit and grows with the record: per entity the programs, host families and
 assets seen, per role who used what.
@@ -33,7 +34,7 @@ WARM_UP_MS: Final = 7 * DAY_MS
 
 _REASON: Final = (
     "First time this user read weights {what}; {peers} of {total} peers in the same role "
-    "ever did. New and rare among peers is how stolen credentials and new tools look."
+    "ever did{anywhere}. New and rare among peers is how stolen credentials and new tools look."
 )
 
 
@@ -48,7 +49,7 @@ class _Seen:
 
 
 class FirstSeenRule:
-    """First use of a program (15-50), host family (10-40) or asset (10-35) to read weights."""
+    """First use of a program (15-60), host family (10-40) or asset (10-35) to read weights."""
 
     def __init__(self, context: Context) -> None:
         self._context = context
@@ -73,10 +74,10 @@ class FirstSeenRule:
         warm = access.time - seen.first >= WARM_UP_MS
         found = []
         family = host_class(access.host) if access.host else None
-        for kind, value, known, low, span in (
-            ("program", access.program, seen.programs, 15.0, 35.0),
-            ("host", family, seen.hosts, 10.0, 30.0),
-            ("asset", asset, seen.assets, 10.0, 25.0),
+        for kind, value, known, low, span, anywhere in (
+            ("program", access.program, seen.programs, 15.0, 25.0, 20.0),
+            ("host", family, seen.hosts, 10.0, 20.0, 10.0),
+            ("asset", asset, seen.assets, 10.0, 20.0, 5.0),
         ):
             if value is None or value in known:
                 continue
@@ -84,11 +85,14 @@ class FirstSeenRule:
             users = self._peers.setdefault((role, kind, value), set())
             peers = len(users - {user})
             users.add(user)
+            everyone = self._peers.setdefault(("*", kind, value), set())
+            unheard = not everyone - {user}
+            everyone.add(user)
             if not warm:
                 continue
             total = max(len(members) - 1, 1)
             rarity = 1.0 - min(peers / total, 1.0)
-            score = low + span * rarity
+            score = low + span * rarity + (anywhere if unheard else 0.0)
             what = {
                 "program": f"with {value}",
                 "host": f"from {access.host}",
@@ -104,7 +108,12 @@ class FirstSeenRule:
                     severity=Severity.MEDIUM if rarity >= 0.9 else Severity.LOW,  # noqa: PLR2004 -- nine in ten peers never did
                     score=score,
                     title=f"{who(access)}: first read of weights {what}",
-                    reason=_REASON.format(what=what, peers=peers, total=total),
+                    reason=_REASON.format(
+                        what=what,
+                        peers=peers,
+                        total=total,
+                        anywhere=", and nobody else in the record" if unheard else "",
+                    ),
                     evidence=(access.uid,),
                     host=access.host,
                     program=access.program,

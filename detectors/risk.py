@@ -5,7 +5,8 @@ finding of an entity's UTC day into one :class:`DailyRisk`: findings of one rule
 (highest score, evidence of all), and the day's risk is the best finding's score plus half
 the next one's, a quarter of the third's, and so on, so that several independent signals
 on one day outrank any one of them, while a hundred reads outside hours stay one signal.
-:func:`within_budget` keeps each day's top items for a budget.
+:func:`within_budget` keeps each day's top items for a budget, and never an item below
+:data:`MIN_ALERT_RISK`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ if TYPE_CHECKING:
 
     from weightwarden.events import Severity
 
-__all__ = ["DailyRisk", "per_day", "roll_up", "within_budget"]
+__all__ = ["MIN_ALERT_RISK", "DailyRisk", "per_day", "roll_up", "within_budget"]
 
+MIN_ALERT_RISK: Final = 25.0
+"""An entity-day below this risk is never an alert, budget or not: weak signals alone (a read
+out of hours, a first read from a new GPU node) are context for a case, not a case."""
 _DECAY: Final = 0.5
 _MAX_EVIDENCE: Final = 500
 
@@ -99,12 +103,14 @@ def per_day(alerts_per_thousand: float, entities: int) -> int:
     return max(1, math.floor(alerts_per_thousand * entities / 1000 + 0.5))
 
 
-def within_budget(risks: Iterable[DailyRisk], *, daily: int) -> list[DailyRisk]:
-    """The ``daily`` riskiest items of each day, riskiest first."""
+def within_budget(
+    risks: Iterable[DailyRisk], *, daily: int, minimum: float = MIN_ALERT_RISK
+) -> list[DailyRisk]:
+    """The ``daily`` riskiest items of each day at or above ``minimum``, riskiest first."""
     taken: dict[int, int] = {}
     kept = []
     for risk in sorted(risks, key=lambda r: (-r.score, -r.severity, r.day, r.entity)):
-        if taken.get(risk.day, 0) < daily:
+        if risk.score >= minimum and taken.get(risk.day, 0) < daily:
             taken[risk.day] = taken.get(risk.day, 0) + 1
             kept.append(risk)
     return kept

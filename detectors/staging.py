@@ -69,10 +69,7 @@ class StagingRules:
             ]
         if source is None:
             return []
-        asset = self._context.asset(source)
-        if asset is not None and matches(path, asset.approved_roots):
-            return []
-        if asset is not None and asset.covers(path):
+        if self._context.approved_copy(source, path):
             return []
         return [
             self._finding(

@@ -11,6 +11,7 @@ from detectors.bulk_read import BULK_RULE, BulkReadRule, asset_bytes
 from detectors.context import Context
 from detectors.egress import EGRESS_RULE, EgressRule
 from detectors.integrity import CANARY_RULE, SEAL_RULE, IntegrityRules
+from detectors.links import ReadLinks
 from detectors.novelty import FirstSeenRule
 from detectors.off_hours import OFF_HOURS_RULE, OffHoursRule
 from detectors.staging import COPY_RULE, STAGING_RULE, StagingRules
@@ -156,6 +157,11 @@ def test_weights_staged_to_removable_media_are_critical_and_to_shm_high(policy):
     assert rules(access(kind=AccessKind.WRITE, path=f"{SHM}/batch-0001.arrow")) == []
 
 
+def egress_rule(context):
+    links = ReadLinks(context)
+    return EgressRule(context, links), links
+
+
 def connect(**fields):
     return access(
         kind=AccessKind.CONNECT,
@@ -170,9 +176,9 @@ def connect(**fields):
 
 def test_reading_weights_then_sending_them_outside_the_allowlist_is_high(policy):
     """The session links the read to the upload; the destination is not allowed."""
-    rule = EgressRule(Context(policy=policy))
+    rule, links = egress_rule(Context(policy=policy))
     read = access()
-    assert rule(read) == []
+    links.observe(read)
     [finding] = rule(connect(dst_ip="142.250.1.1", dst_host="drive.google.com", bytes_out=3 << 30))
     assert (finding.rule, finding.severity) == (EGRESS_RULE, Severity.HIGH)
     assert read.uid in finding.evidence
@@ -181,16 +187,16 @@ def test_reading_weights_then_sending_them_outside_the_allowlist_is_high(policy)
 
 def test_egress_to_an_allowed_network_or_host_raises_nothing(policy):
     """Internal object stores are allowed by CIDR or host name."""
-    rule = EgressRule(Context(policy=policy))
-    rule(access())
+    rule, links = egress_rule(Context(policy=policy))
+    links.observe(access())
     assert rule(connect(dst_ip="10.1.2.3", bytes_out=3 << 30)) == []
     assert rule(connect(dst_ip="52.1.1.1", dst_host="s3.corp.example", bytes_out=3 << 30)) == []
 
 
 def test_a_trickle_out_is_medium_and_a_connection_unrelated_to_a_read_is_ignored(policy):
     """Low-and-slow sends a little; a process that read nothing may go anywhere."""
-    rule = EgressRule(Context(policy=policy))
-    rule(access())
+    rule, links = egress_rule(Context(policy=policy))
+    links.observe(access())
     [trickle] = rule(connect(dst_ip="203.0.113.9", bytes_out=1 << 20))
     assert trickle.severity is Severity.MEDIUM
     unrelated = connect(dst_ip="203.0.113.9", session=None, program="pip", bytes_out=1 << 30)
@@ -199,8 +205,8 @@ def test_a_trickle_out_is_medium_and_a_connection_unrelated_to_a_read_is_ignored
 
 def test_without_a_policy_private_destinations_are_inside_and_public_ones_are_not():
     """The no-policy fallback: RFC 1918 is inside."""
-    rule = EgressRule(Context())
-    rule(access())
+    rule, links = egress_rule(Context())
+    links.observe(access())
     assert rule(connect(dst_ip="192.168.1.10", bytes_out=1 << 30)) == []
     assert rules_of(rule(connect(dst_ip="142.250.1.1", bytes_out=1 << 30))) == [EGRESS_RULE]
 
