@@ -281,11 +281,13 @@ class Emitter:
         mapped: float = 0.0,
         read: float = 0.0,
         canary: bool = False,
+        progress: int = 0,
     ) -> tuple[FileActivity, FileActivity]:
         """An access session: open at ``time``, close ``duration`` ms later.
 
         ``mapped`` and ``read`` are the shares of the file resident through ``mmap`` and
-        read through ``read(2)``.
+        read through ``read(2)``. With ``progress`` (ms, the agent's progress interval), a
+        file held longer gets a progress event each interval, as the agent reports it.
         """
         session = self.uid()
         device = self.device(host)
@@ -309,6 +311,26 @@ class Emitter:
         )
         bytes_read = int(size * read)
         mmap_bytes = int(size * mapped)
+        if progress:
+            for at in range(time + progress, time + duration, progress):
+                self._emit(
+                    FileActivity(
+                        uid=self.uid(),
+                        time=at,
+                        device=device,
+                        activity=FileActivityType.READ,
+                        actor=actor,
+                        file=file,
+                        severity=severity,
+                        bytes_read=bytes_read,
+                        mmap_bytes=mmap_bytes or None,
+                        fraction_read=round((bytes_read + mmap_bytes) / size, 6) if size else None,
+                        session_uid=session,
+                        sensor=_FILE_SENSOR,
+                        canary=canary,
+                        session_phase=SessionPhase.PROGRESS,
+                    )
+                )
         closed = self._emit(
             FileActivity(
                 uid=self.uid(),

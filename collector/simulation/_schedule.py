@@ -44,6 +44,8 @@ __all__ = [
 
 SECOND_MS: Final = 1000
 HOUR_MS: Final = 3_600_000
+PROGRESS_MS: Final = 10 * MINUTE_MS
+"""The agent's default progress interval: a file held open gets an event this often."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +283,7 @@ class Routine:
         mapped: tuple[float, float] = (0.97, 1.0),
         read: tuple[float, float] = (0.00001, 0.0001),
         hold: tuple[int, int] = (10 * SECOND_MS, 120 * SECOND_MS),
+        progress: int = 0,
     ) -> Loaded:
         """``proc`` reads shards ``indices`` of ``step`` one after the other."""
         rng = self.rng
@@ -297,6 +300,7 @@ class Routine:
                 project.shard_sizes[index],
                 mapped=rng.uniform(*mapped),
                 read=rng.uniform(*read),
+                progress=progress,
             )
             loaded.events += (opened.uid, closed.uid)
             loaded.sessions.append(opened.session_uid or "")
@@ -386,7 +390,7 @@ class Routine:
         host = person.dev_host
         loaded = self.load(
             time, host, proc, project, step, picked,
-            mapped=(0.2, 1.0), hold=(60 * SECOND_MS, 30 * 60 * SECOND_MS),
+            mapped=(0.2, 1.0), hold=(2 * MINUTE_MS, 2 * HOUR_MS), progress=PROGRESS_MS,
         )  # fmt: skip
         if rng.random() < 0.08:  # noqa: PLR2004
             hub = EXTERNAL["huggingface"]

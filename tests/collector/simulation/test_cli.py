@@ -82,3 +82,18 @@ def test_a_separate_process_writes_the_same_bytes(ww, tmp_path):
     )
     for name in ("e.jsonl", "l.json", "l.policy.toml"):
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_the_collector_imports_the_events(ww, tmp_path):
+    """``collector import --format ocsf`` stores every simulated event."""
+    events = tmp_path / "e.jsonl"
+    assert ww(
+        "simulate", "--users", "10", "--weeks", "1", "--seed", "4",
+        "--out", events, "--labels", tmp_path / "l.json",
+    ).code == 0  # fmt: skip
+    assert ww("collector", "init", "--dir", tmp_path / "c").code == 0
+    run = ww("collector", "import", events, "--format", "ocsf", "--dir", tmp_path / "c")
+    assert run.code == 0, run.stderr
+    count = len(events.read_text().splitlines())
+    assert f"imported {count} new events" in run.stdout
