@@ -3,8 +3,10 @@
 For every feature (:data:`~detectors.features.FEATURES`, compared as ``log1p`` so a
 doubling counts the same at any scale), a day is compared with
 
-* the entity's own previous active days within :data:`HISTORY_DAYS` (median and MAD;
-  needs :data:`MIN_HISTORY` of them),
+* the entity's own previous active days within :data:`HISTORY_DAYS` (above their 85th
+  percentile, in units of their MAD once there are :data:`MIN_HISTORY` of them, of the
+  peers' before), and above what it did on the same weekday in earlier weeks: what it
+  does every week is its normal, however spiky,
 * its peer group (the role of its team) over the whole run (median and MAD), and
 * every entity's days over the whole run.
 
@@ -12,7 +14,8 @@ A feature is unusual when it is above *all three* (the least of the z-scores): b
 stay busy, a new project's ramp-up that looks like the rest of the team is not theft, and an
 administrator who rarely reads weights reading a few is still reading far less than the
 people who work with them every day.
-An entity without enough history is judged against its peers alone, at a higher bar.
+An entity with fewer than two earlier days is judged against its peers alone; until it has
+:data:`MIN_HISTORY`, at a higher bar.
 Only increases count; a quiet day is not a risk. The finding names the three features that
 contributed most with their typical (entity median, else peer median) and actual values.
 """
@@ -46,6 +49,31 @@ _MIN_SCALE: Final = 0.25
 """Smallest spread (in log1p units) a baseline is credited with: a perfectly regular
 entity must not turn one extra read into an infinite z-score."""
 _TOP: Final = 3
+_WEEK: Final = 7
+_MIN_PRIOR: Final = 2
+"""With fewer earlier days than this an entity is judged against its peers alone."""
+_USUAL_HIGH: Final = 0.85
+"""A day is compared with the entity's usual high (this quantile of its recent days), not
+its median: what it does every week (a backup, a sweep) is not unusual for it."""
+
+
+_ROLLING: Final = tuple(
+    (FEATURES.index(name), FEATURES.index(name.removesuffix("_7d")))
+    for name in FEATURES
+    if name.endswith("_7d")
+)
+
+
+def quiet_rolling(raw: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Which features are seven-day sums whose daily part is zero today.
+
+    A week's total stays high for six days after one busy day; only a day that adds to it
+    can be unusual because of it (else one incident echoes for a week).
+    """
+    mask = np.zeros(len(FEATURES), dtype=bool)
+    for rolling, daily in _ROLLING:
+        mask[rolling] = raw[daily] <= 0
+    return mask
 
 
 def _scale(mad: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -107,17 +135,30 @@ def _entity_findings(
         z_peer = np.minimum(
             (x - peer_median[role]) / peer_scale[role], (x - peer_median["*"]) / peer_scale["*"]
         )
-        history = values[start:index][days[: index - start] >= row.day - HISTORY_DAYS]
-        if len(history) >= MIN_HISTORY:
+        earlier = days[: index - start]
+        history = values[start:index][earlier >= row.day - HISTORY_DAYS]
+        weekly = values[start:index][(row.day - earlier) % _WEEK == 0]
+        if len(weekly):
+            # The same weekday in earlier weeks: a weekly job is its own baseline.
+            z_peer = np.minimum(z_peer, (x - weekly.max(axis=0)) / peer_scale[role])
+        if len(history) >= _MIN_PRIOR:
+            # Compared with what it did before: above its usual high, in units of its own
+            # spread once it has enough days, else of its peers'.
             median = np.median(history, axis=0)
-            z_own = (x - median) / _scale(np.median(np.abs(history - median), axis=0))
-            z = np.minimum(z_own, z_peer)
+            usual_high = np.maximum(median, np.quantile(history, _USUAL_HIGH, axis=0))
+            scale = (
+                _scale(np.median(np.abs(history - median), axis=0))
+                if len(history) >= MIN_HISTORY
+                else peer_scale[role]
+            )
+            z = np.minimum((x - usual_high) / scale, z_peer)
             typical = np.expm1(median)
-            threshold = _THRESHOLD
+            threshold = _THRESHOLD if len(history) >= MIN_HISTORY else _PEER_ONLY_THRESHOLD
         else:
             z = z_peer
             typical = np.expm1(peer_median[role])
             threshold = _PEER_ONLY_THRESHOLD
+        z = np.where(quiet_rolling(row.values), 0.0, z)
         top = float(z.max())
         if top < threshold:
             continue

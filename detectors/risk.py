@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIN_ALERT_RISK", "DailyRisk", "per_day", "roll_up", "within_budget"]
 
-MIN_ALERT_RISK: Final = 25.0
+MIN_ALERT_RISK: Final = 40.0
 """An entity-day below this risk is never an alert, budget or not: weak signals alone (a read
 out of hours, a first read from a new GPU node) are context for a case, not a case."""
 _DECAY: Final = 0.5
