@@ -41,6 +41,8 @@ the batch is refused as it is.
 from __future__ import annotations
 
 import json
+import re
+import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +54,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from collector.alerts import alerts_for_payloads, integrity_alert
-from collector.store import HeadMoved, QuarantinedBatch, StoredEvent
+from collector.store import EventColumns, HeadMoved, QuarantinedBatch, StoredEvent
+from collector.verified_batch import read_verified
 from weightwarden.batch import BatchError, open_batch, read_envelope
-from weightwarden.crypto.chain import ChainLink, ProblemKind, verify_chain
+from weightwarden.crypto.chain import GENESIS, ChainLink, ProblemKind, verify_chain
 from weightwarden.crypto.keys import PublicKey
 from weightwarden.events import Severity
 
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from collector.store import AgentRecord, Store
+    from collector.verified_batch import VerifiedBatch
     from weightwarden.batch import Batch, BatchEvent, SignedBatch
     from weightwarden.crypto.chain import ChainProblem
 
@@ -240,22 +244,8 @@ _META_UID: Final = (
     '"metadata":{"product":{"name":"weightwarden","vendor_name":"weightwarden"},"uid":"'
 )
 """Where the uid starts in a canonical weightwarden payload (keys sorted, no whitespace)."""
-_MAX_DIGITS: Final = 18
-
-
-def _digits_at(payload: str, start: int) -> int | None:
-    """The decimal number from ``start`` to the next comma (no sign, no leading zero)."""
-    end = payload.find(",", start)
-    text = payload[start:end]
-    if (
-        end < 0
-        or not text.isdigit()
-        or not text.isascii()
-        or len(text) > _MAX_DIGITS
-        or (text[0] == "0" and len(text) > 1)
-    ):
-        return None
-    return int(text)
+_NUMBERS: Final = re.compile(r"(?:0|[1-9][0-9]{0,17})(?:,(?:0|[1-9][0-9]{0,17})){3}").fullmatch
+"""Four decimal numbers, comma-separated: no sign, no leading zero, at most 18 digits."""
 
 
 def _fast_index(payload: str) -> _Index | None:  # noqa: PLR0911 -- hot path: flat exits
@@ -264,35 +254,43 @@ def _fast_index(payload: str) -> _Index | None:  # noqa: PLR0911 -- hot path: fl
     An agent writes :func:`weightwarden.events.canonical_bytes`: sorted keys and no
     whitespace, so ``activity_id`` opens the object and ``class_uid``, ``metadata.uid``,
     ``severity_id`` and ``time`` follow in that order, each at the top level. One forward
-    scan with ``str.find`` costs a fraction of a ``json.loads``; a payload that does not
-    look exactly like that falls back to :func:`_parsed_index`.
+    scan with ``str.find`` (each number runs to the next comma) and one check of the four
+    numbers together cost a fraction of a ``json.loads``; a payload that does not look
+    exactly like that falls back to :func:`_parsed_index`.
     """
     if not payload.startswith('{"activity_id":'):
         return None
-    activity = _digits_at(payload, 15)
-    at = payload.find(',"class_uid":')
-    if at < 0 or activity is None:
+    find = payload.find
+    activity_end = find(",", 15)
+    at = find(',"class_uid":')
+    if activity_end < 0 or at < 0:
         return None
-    class_uid = _digits_at(payload, at + 13)
-    at = payload.find(_META_UID, at)
-    if at < 0 or class_uid is None:
+    class_end = find(",", at + 13)
+    class_text = payload[at + 13 : class_end]
+    at = find(_META_UID, at)
+    if class_end < 0 or at < 0:
         return None
     start = at + len(_META_UID)
-    end = payload.find('"', start)
+    end = find('"', start)
     uid = payload[start:end]
     if end < 0 or not uid or "\\" in uid:
         return None
-    at = payload.find(',"severity_id":', end)
+    at = find(',"severity_id":', end)
     if at < 0:
         return None
-    severity = _digits_at(payload, at + 15)
-    at = payload.find(',"time":', at)
-    if at < 0 or severity is None:
+    severity_end = find(",", at + 15)
+    severity_text = payload[at + 15 : severity_end]
+    at = find(',"time":', at)
+    if severity_end < 0 or at < 0:
         return None
-    time = _digits_at(payload, at + 8)
-    if time is None:
+    time_end = find(",", at + 8)
+    time_text = payload[at + 8 : time_end]
+    activity_text = payload[15:activity_end]
+    if time_end < 0 or not _NUMBERS(f"{activity_text},{class_text},{severity_text},{time_text}"):
         return None
-    return _Index(uid, time, class_uid, activity, severity)
+    return tuple.__new__(  # the NamedTuple's own __new__ costs 10x a tuple here
+        _Index, (uid, int(time_text), int(class_text), int(activity_text), int(severity_text))
+    )
 
 
 def _parsed_index(payload: str) -> _Index | None:
@@ -342,7 +340,10 @@ def _envelope(body: bytes, max_body_bytes: int) -> SignedBatch:
     """
     if len(body) > max_body_bytes:
         raise BatchError(f"body of {len(body)} bytes; the limit is {max_body_bytes}", status=413)
-    signed = read_envelope(body)
+    try:
+        signed = read_envelope(body)
+    except struct.error:  # a signed part too short to hold the agent id's length
+        raise BatchError("batch body is truncated (the signed part ends in its header)") from None
     if not _text_ok(signed.agent_id):
         raise BatchError("batch envelope: agent_id is not valid text")
     return signed
@@ -370,6 +371,43 @@ def _uid_of(event: BatchEvent) -> str:
     """The event's uid for evidence lists: its OCSF uid, or its place in the chain."""
     index = _index(event.payload)
     return index.uid if index is not None else f"seq:{event.seq}"
+
+
+class _Received:
+    """A batch whose signature verified: as columns, or as objects.
+
+    Objects when the column reader did not take the batch; otherwise they are built from
+    the columns only if they are needed (not in the common case).
+    """
+
+    __slots__ = ("_batch", "_payloads", "columns")
+
+    def __init__(
+        self,
+        *,
+        columns: VerifiedBatch | None = None,
+        batch: Batch | None = None,
+        payloads: list[bytes] | None = None,
+    ) -> None:
+        self.columns = columns
+        self._batch = batch
+        self._payloads = payloads
+
+    @property
+    def agent_id(self) -> str:
+        return self.columns.agent_id if self.columns is not None else self.objects()[0].agent_id
+
+    @property
+    def count(self) -> int:
+        return len(self.columns) if self.columns is not None else len(self.objects()[0].events)
+
+    def objects(self) -> tuple[Batch, list[bytes]]:
+        """The batch with one object per event, and each payload's bytes."""
+        if self._batch is None or self._payloads is None:
+            assert self.columns is not None  # noqa: S101 -- one of the two is always given
+            self._batch = self.columns.to_batch()
+            self._payloads = [payload.encode("utf-8") for payload in self.columns.payload]
+        return self._batch, self._payloads
 
 
 class Ingestor:
@@ -409,10 +447,10 @@ class Ingestor:
         opened = self._open(body)
         if isinstance(opened, IngestResult):
             return opened
-        batch, payloads, record = opened
-        agent_id = batch.agent_id
+        received, record = opened
+        agent_id = received.agent_id
         if admit is not None:
-            wait = admit(agent_id, len(batch.events))
+            wait = admit(agent_id, received.count)
             if wait is not None:
                 return IngestResult(
                     status=429,
@@ -429,6 +467,11 @@ class Ingestor:
                     agent_id=agent_id,
                 )
             try:
+                if received.columns is not None:
+                    result = self._apply_linked(received.columns, current)
+                    if result is not None:
+                        return result
+                batch, payloads = received.objects()
                 return self._apply(batch, payloads, current, body, redelivery=redelivery)
             except HeadMoved:
                 continue
@@ -439,8 +482,13 @@ class Ingestor:
             agent_id=agent_id,
         )
 
-    def _open(self, body: bytes) -> tuple[Batch, list[bytes], AgentRecord] | IngestResult:
-        """Steps 1 and 2: the envelope, the agent's key and the signature, then the batch."""
+    def _open(self, body: bytes) -> tuple[_Received, AgentRecord] | IngestResult:
+        """Steps 1 and 2: the envelope, the agent's key and the signature, then the batch.
+
+        The batch is read into columns (:func:`~collector.verified_batch.read_verified`);
+        what that reader does not take is read by :func:`~weightwarden.batch.open_batch`,
+        which also says why a batch is refused.
+        """
         agent_id = None
         try:
             signed = _envelope(body, self._limits.max_body_bytes)
@@ -451,12 +499,73 @@ class Ingestor:
                 if record is None or record.revoked_at is not None
                 else public_key_from_pem(record.public_key_pem)
             )
+            columns = (
+                None
+                if key is None
+                else read_verified(signed, key, max_events=self._limits.max_events)
+            )
+            if columns is not None:
+                assert record is not None  # noqa: S101 -- a key implies a record
+                return _Received(columns=columns), record
             batch = open_batch(signed, lambda _agent: key, max_events=self._limits.max_events)
             payloads = _payload_bytes(batch)
         except BatchError as exc:
             return IngestResult(status=exc.status, message=str(exc), agent_id=agent_id)
         assert record is not None  # noqa: S101 -- open_batch refuses an agent without a key
-        return batch, payloads, record
+        return _Received(batch=batch, payloads=payloads), record
+
+    def _apply_linked(self, columns: VerifiedBatch, record: AgentRecord) -> IngestResult | None:
+        """Steps 4 to 8 for the common case, without an object per event; None if not it.
+
+        The common case: an unbroken stretch of chain (:attr:`VerifiedBatch.linked`) that
+        starts right after the stored head, with a nonce never seen and readable events.
+        Anything else (duplicates, a gap, a fork, a replay, a broken link, an unreadable
+        event) is None, and :meth:`_apply` decides it, the same as before.
+        """
+        head = record.head_seq
+        if (
+            not columns.linked
+            or columns.seq[0] != head + 1
+            or columns.prev_hash[0] != (GENESIS if head == 0 else record.head_hash)
+        ):
+            return None
+        agent_id = columns.agent_id
+        indexes = [_fast_index(p) or _parsed_index(p) for p in columns.payload]
+        if None in indexes or self._store.nonce_seen(columns.nonce):
+            return None
+        uid, time, class_uid, activity_id, severity_id = zip(*indexes, strict=True)
+        now = self._clock()
+        alerts = alerts_for_payloads(columns.payload, agent_id=agent_id, now=now)
+        self._store.ingest(
+            agent_id=agent_id,
+            nonce=columns.nonce,
+            expected_head_seq=head,
+            new_head_seq=columns.seq[-1],
+            new_head_hash=columns.link_hash[-1],
+            events=EventColumns(
+                agent_id=agent_id,
+                received_at=now,
+                seq=columns.seq,
+                payload=columns.payload,
+                prev_hash=columns.prev_hash,
+                payload_hash=columns.payload_hash,
+                link_hash=columns.link_hash,
+                uid=uid,
+                time=time,
+                class_uid=class_uid,
+                activity_id=activity_id,
+                severity_id=severity_id,
+            ),
+            alerts=alerts,
+        )
+        return IngestResult(
+            status=200,
+            acked_seq=columns.seq[-1],
+            stored=len(columns),
+            message=f"stored {len(columns)} events",
+            agent_id=agent_id,
+            alerts=len(alerts),
+        )
 
     def _apply(
         self,

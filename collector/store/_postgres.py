@@ -31,7 +31,7 @@ from collector.store._sql import Conflict, SqlStore
 from weightwarden.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
 
 __all__ = ["PostgresStore"]
@@ -242,7 +242,7 @@ class PostgresStore(SqlStore[Cursor]):
         row = cursor.fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
-    def _insert_events(self, cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_events(self, cursor: Cursor, rows: Iterable[tuple[Any, ...]]) -> None:
         with cursor.copy(_COPY_EVENTS) as copy:
             copy.set_types(list(_EVENT_TYPES))
             for row in rows:

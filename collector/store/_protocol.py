@@ -23,7 +23,8 @@ An alert whose ``id`` is already stored is kept as it was (adding it again is a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from weightwarden.errors import WeightwardenError
 
@@ -37,6 +38,7 @@ __all__ = [
     "Alert",
     "AlertStatus",
     "Disposition",
+    "EventColumns",
     "HeadMoved",
     "QuarantinedBatch",
     "Store",
@@ -83,6 +85,76 @@ class StoredEvent:
     activity_id: int
     severity_id: int
     received_at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventColumns:
+    """One batch's events as columns: the ingest hot path's form of :class:`StoredEvent`.
+
+    Field ``f`` of event ``i`` is ``f[i]``; every event has the batch's ``agent_id`` and
+    ``received_at``. Building one object per event costs more than storing it, so ingest
+    hands the store columns, and the store inserts :meth:`rows` as they come.
+
+    Raises:
+        ValueError: The columns differ in length.
+    """
+
+    agent_id: str
+    received_at: int
+    seq: Sequence[int]
+    payload: Sequence[str]
+    prev_hash: Sequence[str]
+    payload_hash: Sequence[str]
+    link_hash: Sequence[str]
+    uid: Sequence[str]
+    time: Sequence[int]
+    class_uid: Sequence[int]
+    activity_id: Sequence[int]
+    severity_id: Sequence[int]
+
+    def __post_init__(self) -> None:
+        lengths = {len(column) for column in self._columns()}
+        if len(lengths) != 1:
+            raise ValueError(f"event columns differ in length: {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def _columns(self) -> tuple[Sequence[Any], ...]:
+        return (
+            self.seq,
+            self.payload,
+            self.prev_hash,
+            self.payload_hash,
+            self.link_hash,
+            self.uid,
+            self.time,
+            self.class_uid,
+            self.activity_id,
+            self.severity_id,
+        )
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """Each event's column values, in the order of :class:`StoredEvent`'s fields."""
+        return zip(repeat(self.agent_id), *self._columns(), repeat(self.received_at))
+
+    def events(self) -> Iterator[StoredEvent]:
+        """One :class:`StoredEvent` per event (for readers that want objects)."""
+        for row in self.rows():
+            yield StoredEvent(
+                agent_id=row[0],
+                seq=row[1],
+                payload=row[2],
+                prev_hash=row[3],
+                payload_hash=row[4],
+                link_hash=row[5],
+                uid=row[6],
+                time=row[7],
+                class_uid=row[8],
+                activity_id=row[9],
+                severity_id=row[10],
+                received_at=row[11],
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,10 +250,12 @@ class Store(Protocol):
         expected_head_seq: int,
         new_head_seq: int,
         new_head_hash: str,
-        events: Sequence[StoredEvent],
+        events: Sequence[StoredEvent] | EventColumns,
         alerts: Sequence[Alert],
     ) -> None:
         """Store a batch atomically (see the module doc).
+
+        ``events`` are the batch's new events, as objects or (the hot path) as columns.
 
         Raises:
             HeadMoved: the agent's head is no longer ``expected_head_seq``.

@@ -20,6 +20,8 @@ what was committed when it ran.
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
 from collector.store._protocol import (
@@ -27,6 +29,7 @@ from collector.store._protocol import (
     Alert,
     AlertStatus,
     Disposition,
+    EventColumns,
     HeadMoved,
     QuarantinedBatch,
     StoredEvent,
@@ -49,7 +52,7 @@ from weightwarden.crypto.chain import GENESIS
 from weightwarden.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 __all__ = ["Conflict", "SqlStore"]
 
@@ -57,6 +60,8 @@ T = TypeVar("T")
 C = TypeVar("C", bound=Cursor)
 
 _MIN_PREFIX: Final = 6
+_I64_MIN: Final = -(2**63)
+_I64_MAX: Final = 2**63 - 1
 _EVENTS: Final = ", ".join(EVENT_COLUMNS)
 _ALERTS: Final = ", ".join(ALERT_COLUMNS)
 _AGENTS: Final = "agent_id, public_key_pem, enrolled_at, revoked_at, head_seq, head_hash"
@@ -121,8 +126,8 @@ class SqlStore(Generic[C]):
         row = cursor.fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
-    def _insert_events(self, cursor: C, rows: list[tuple[Any, ...]]) -> None:
-        cursor.executemany(self._q(_INSERT_EVENTS), rows)
+    def _insert_events(self, cursor: C, rows: Iterable[tuple[Any, ...]]) -> None:
+        cursor.executemany(self._q(_INSERT_EVENTS), list(rows))
 
     def _lock_imports(self, cursor: C) -> None:
         """Keep other imports out until the commit (SQLite's write lock already does)."""
@@ -271,7 +276,7 @@ class SqlStore(Generic[C]):
         expected_head_seq: int,
         new_head_seq: int,
         new_head_hash: str,
-        events: Sequence[StoredEvent],
+        events: Sequence[StoredEvent] | EventColumns,
         alerts: Sequence[Alert],
     ) -> None:
         """Store a batch atomically: events, nonce, head (compare-and-set) and alerts.
@@ -285,7 +290,14 @@ class SqlStore(Generic[C]):
                 behind the expected one or not the link of the batch's event at that seq,
                 text with a NUL character.
         """
-        rows = _batch_rows(agent_id, expected_head_seq, new_head_seq, new_head_hash, events)
+        if isinstance(events, EventColumns):
+            rows: Iterable[tuple[Any, ...]] = _column_rows(
+                agent_id, expected_head_seq, new_head_seq, new_head_hash, events
+            )
+            count, received_at = len(events), events.received_at
+        else:
+            rows = _batch_rows(agent_id, expected_head_seq, new_head_seq, new_head_hash, events)
+            count, received_at = len(events), events[0].received_at if events else 0
         alert_rows = [alert_row(alert) for alert in alerts]
 
         def work(cursor: C) -> None:
@@ -297,11 +309,11 @@ class SqlStore(Generic[C]):
                     "INSERT INTO batch_nonces (nonce, agent_id, received_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (nonce) DO NOTHING"
                 ),
-                (nonce, agent_id, rows[0][11] if rows else 0),
+                (nonce, agent_id, received_at),
             )
             if cursor.rowcount != 1:
                 raise HeadMoved(f"agent {agent_id}: batch nonce {nonce} is already stored")
-            if rows:
+            if count:
                 self._insert_events(cursor, rows)
             if new_head_seq != head_seq:
                 cursor.execute(
@@ -798,3 +810,53 @@ def _batch_rows(
             "batch's event at that seq"
         )
     return rows
+
+
+def _column_rows(
+    agent_id: str,
+    expected_head_seq: int,
+    new_head_seq: int,
+    new_head_hash: str,
+    events: EventColumns,
+) -> Iterator[tuple[Any, ...]]:
+    """What :func:`_batch_rows` checks, a column at a time; then the rows as they are read."""
+    if new_head_seq < expected_head_seq:
+        raise ValueError(
+            f"agent {agent_id}: new head seq {new_head_seq} is behind the expected head "
+            f"{expected_head_seq}"
+        )
+    if events.agent_id != agent_id:
+        raise ValueError(f"events of agent {events.agent_id} in a batch of agent {agent_id}")
+    if not events and new_head_seq != expected_head_seq:
+        raise ValueError(
+            f"agent {agent_id}: the new head (seq {new_head_seq}) must be the link of the "
+            "batch's event at that seq"
+        )
+    if not events:
+        return iter(())
+    if min(events.seq) < 1 or max(events.seq) > new_head_seq:
+        raise ValueError(f"events of agent {agent_id} are outside 1..{new_head_seq} (the new head)")
+    if any(map(operator.contains, events.payload, repeat("\x00"))) or any(
+        map(operator.contains, events.uid, repeat("\x00"))
+    ):
+        raise ValueError(f"events of agent {agent_id}: a payload or uid holds a NUL character")
+    for column in (events.time, events.class_uid, events.activity_id, events.severity_id):
+        if min(column) < _I64_MIN or max(column) > _I64_MAX:
+            raise ValueError(
+                f"events of agent {agent_id}: time, class_uid, activity_id or severity_id "
+                "does not fit a 64-bit integer"
+            )
+    if new_head_seq != expected_head_seq and _link_at(events, new_head_seq) != new_head_hash:
+        raise ValueError(
+            f"agent {agent_id}: the new head (seq {new_head_seq}) must be the link of the "
+            "batch's event at that seq"
+        )
+    return events.rows()
+
+
+def _link_at(events: EventColumns, seq: int) -> str | None:
+    """The link hash of the batch's (last) event at ``seq``; the last event is the usual one."""
+    last = len(events.seq) - 1
+    if events.seq[last] == seq:
+        return events.link_hash[last]
+    return next((events.link_hash[i] for i in range(last, -1, -1) if events.seq[i] == seq), None)

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from collector.store import AgentRecord, Alert, HeadMoved, QuarantinedBatch, StoredEvent
+from collector.store import (
+    AgentRecord,
+    Alert,
+    EventColumns,
+    HeadMoved,
+    QuarantinedBatch,
+    StoredEvent,
+)
 from weightwarden.batch import new_batch, seal_batch
 from weightwarden.crypto.chain import GENESIS, ChainLink, next_link
 from weightwarden.crypto.keys import PrivateKey, generate_key
@@ -142,10 +149,12 @@ class MemoryStore:
         expected_head_seq: int,
         new_head_seq: int,
         new_head_hash: str,
-        events: Sequence[StoredEvent],
+        events: Sequence[StoredEvent] | EventColumns,
         alerts: Sequence[Alert],
     ) -> None:
-        """Store a batch atomically, compare-and-set on the head."""
+        """Store a batch atomically, compare-and-set on the head (events as objects or columns)."""
+        if isinstance(events, EventColumns):
+            events = list(events.events())
         with self.lock:
             row = self.agent_rows[agent_id]
             if row.head_seq != expected_head_seq or nonce in self.nonces:

@@ -6,7 +6,17 @@ import dataclasses
 import json
 import struct
 
-from collector.ingest import IngestLimits, Ingestor, IngestResult, seq_ranges
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector.ingest import (
+    IngestLimits,
+    Ingestor,
+    IngestResult,
+    _fast_index,
+    _parsed_index,
+    seq_ranges,
+)
 from collector.store import HeadMoved
 from weightwarden.batch import new_batch, seal_batch
 from weightwarden.crypto.chain import ChainLink, compute_link_hash, next_link
@@ -457,3 +467,48 @@ def test_a_signature_over_other_bytes_never_reaches_the_store(store, enrolled, c
     result = ingestor(store, clock).ingest(swapped)
     assert result.status == 401
     assert store.count_events() == 0
+
+
+_NUMBER = st.one_of(
+    st.integers(0, 2**64),
+    st.sampled_from([0, 1, 10**17, 10**18 - 1, 10**18, 2**63 - 1, 2**63]),
+    st.sampled_from([-1, 0.5, "7", None]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    numbers=st.fixed_dictionaries(
+        {"activity_id": _NUMBER, "class_uid": _NUMBER, "severity_id": _NUMBER, "time": _NUMBER}
+    ),
+    uid=st.text(max_size=12),
+    extra=st.dictionaries(
+        st.sampled_from(["actor", "device", "file", "type_uid", "zz"]),
+        st.one_of(st.integers(), st.text(max_size=8)),
+        max_size=3,
+    ),
+)
+def test_the_index_scan_agrees_with_json_whenever_it_answers(
+    numbers: dict[str, object], uid: str, extra: dict[str, object]
+) -> None:
+    """On canonical layouts with odd numbers and uids, the scan is None or what JSON says."""
+    obj = {
+        "type_uid": 100114,  # canonical events have keys after "time"
+        **extra,
+        **{k: v for k, v in numbers.items() if v is not None},
+        "metadata": {
+            "product": {"name": "weightwarden", "vendor_name": "weightwarden"},
+            "uid": uid,
+        },
+    }
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    fast = _fast_index(payload)
+    if fast is not None:
+        assert fast == _parsed_index(payload)
+
+
+def test_a_body_whose_signed_part_ends_in_its_header_is_refused_with_400(store, clock):
+    """Four bytes of magic and nothing else is malformed input, not a collector failure."""
+    result = ingestor(store, clock).ingest(struct.pack(">I", 4) + b"WWB2" + b"signature")
+    assert result.status == 400
+    assert "truncated" in result.message

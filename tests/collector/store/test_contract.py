@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from collector.store import SCHEMA_VERSION, Alert, HeadMoved, QuarantinedBatch, StoredEvent
+from collector.store import (
+    SCHEMA_VERSION,
+    Alert,
+    EventColumns,
+    HeadMoved,
+    QuarantinedBatch,
+    StoredEvent,
+)
 from policies import Grant, Suppression
 from weightwarden.crypto.chain import GENESIS
 from weightwarden.errors import ConfigError, UsageError
@@ -85,6 +92,24 @@ def ingest(
         alerts=alerts,
     )
     return nonce
+
+
+def columns(events: Sequence[StoredEvent], agent_id: str | None = None) -> EventColumns:
+    """``events`` as the columns of one batch (of ``agent_id``, else the first event's agent)."""
+    return EventColumns(
+        agent_id=agent_id or events[0].agent_id,
+        received_at=events[0].received_at,
+        seq=[e.seq for e in events],
+        payload=[e.payload for e in events],
+        prev_hash=[e.prev_hash for e in events],
+        payload_hash=[e.payload_hash for e in events],
+        link_hash=[e.link_hash for e in events],
+        uid=[e.uid for e in events],
+        time=[e.time for e in events],
+        class_uid=[e.class_uid for e in events],
+        activity_id=[e.activity_id for e in events],
+        severity_id=[e.severity_id for e in events],
+    )
 
 
 def imported(uid: str, source: str = "import:siem", *, time: int = 5) -> StoredEvent:
@@ -225,6 +250,62 @@ def test_ingest_stores_events_head_nonce_and_alerts(store: Store, chain_of: Chai
     assert store.count_events() == 5
 
 
+def test_events_given_as_columns_are_stored_like_objects(store: Store, chain_of: ChainOf) -> None:
+    """A batch handed over as columns reads back as the same events, head and nonce."""
+    store.register_agent(agent_id="gpu-01", public_key_pem=PEM, now=1)
+    store.register_agent(agent_id="gpu-02", public_key_pem=PEM, now=1)
+    first, _ = chain_of("gpu-01", 5)
+    second = [dataclasses.replace(e, agent_id="gpu-02") for e in first]
+    ingest(store, "gpu-01", first, expected=0, nonce="n-objects")
+    head = second[-1]
+    store.ingest(
+        agent_id="gpu-02",
+        nonce="n-columns",
+        expected_head_seq=0,
+        new_head_seq=head.seq,
+        new_head_hash=head.link_hash,
+        events=columns(second),
+        alerts=(),
+    )
+    assert list(store.chain("gpu-02")) == second
+    assert list(columns(second).events()) == second
+    assert (record(store, "gpu-02").head_seq, record(store, "gpu-02").head_hash) == (
+        head.seq,
+        head.link_hash,
+    )
+    assert store.nonce_seen("n-columns")
+    with pytest.raises(HeadMoved):
+        store.ingest(
+            agent_id="gpu-02",
+            nonce="n-again",
+            expected_head_seq=0,
+            new_head_seq=head.seq,
+            new_head_hash=head.link_hash,
+            events=columns(second),
+            alerts=(),
+        )
+    assert list(store.chain("gpu-02")) == second
+
+
+def test_columns_of_different_lengths_are_refused() -> None:
+    """EventColumns whose columns differ in length cannot be built."""
+    with pytest.raises(ValueError, match="differ in length"):
+        EventColumns(
+            agent_id="gpu-01",
+            received_at=1,
+            seq=[1, 2],
+            payload=["{}"],
+            prev_hash=["0" * 64],
+            payload_hash=["1" * 64],
+            link_hash=["2" * 64],
+            uid=["u"],
+            time=[1],
+            class_uid=[1001],
+            activity_id=[1],
+            severity_id=[1],
+        )
+
+
 def test_stored_links_returns_the_range(store: Store, chain_of: ChainOf) -> None:
     """stored_links maps seq to link_hash for the stored events in the inclusive range."""
     store.register_agent(agent_id="gpu-01", public_key_pem=PEM, now=1)
@@ -312,10 +393,14 @@ def test_batch_of_a_revoked_agent_raises_head_moved(store: Store, chain_of: Chai
         ("unknown agent", "not enrolled"),
     ],
 )
+@pytest.mark.parametrize("form", ["objects", "columns"])
 def test_ingest_refuses_contradictory_arguments(
-    store: Store, chain_of: ChainOf, case: str, message: str
+    store: Store, chain_of: ChainOf, case: str, message: str, form: str
 ) -> None:
-    """Arguments that would break the store's invariants raise ValueError; nothing is stored."""
+    """Arguments that would break the store's invariants raise ValueError; nothing is stored.
+
+    Events given as columns are checked as strictly as events given as objects.
+    """
     store.register_agent(agent_id="gpu-01", public_key_pem=PEM, now=1)
     events, head = chain_of("gpu-01", 3)
     agent_id, expected, new_seq, new_hash = "gpu-01", 0, 3, head.link_hash
@@ -336,6 +421,9 @@ def test_ingest_refuses_contradictory_arguments(
         agent_id = "gpu-09"
         events = [dataclasses.replace(e, agent_id="gpu-09") for e in events]
     stored = store.count_events()
+    given: Sequence[StoredEvent] | EventColumns = events
+    if form == "columns":
+        given = columns(events, "gpu-02" if case == "other agent" else None)
     with pytest.raises(ValueError, match=message):
         store.ingest(
             agent_id=agent_id,
@@ -343,7 +431,7 @@ def test_ingest_refuses_contradictory_arguments(
             expected_head_seq=expected,
             new_head_seq=new_seq,
             new_head_hash=new_hash,
-            events=events,
+            events=given,
             alerts=(),
         )
     assert store.count_events() == stored
@@ -690,6 +778,7 @@ def test_public_api_is_pinned() -> None:
             "Alert",
             "AlertStatus",
             "Disposition",
+            "EventColumns",
             "HeadMoved",
             "PostgresStore",
             "QuarantinedBatch",

@@ -35,6 +35,38 @@ def test_database_and_wal_are_private(tmp_path: Path) -> None:
         assert mode(tmp_path / "collector.sqlite-shm") == 0o600
 
 
+def test_a_new_database_has_16_kib_pages_and_an_existing_one_keeps_its_own(
+    tmp_path: Path, chain_of: ChainOf
+) -> None:
+    """New files get 16 KiB pages; a file made with 4 KiB pages keeps them and still works."""
+    fresh = tmp_path / "fresh.sqlite"
+    SqliteStore(fresh).close()
+    old = tmp_path / "old.sqlite"
+    made = sqlite3.connect(old)
+    made.execute("PRAGMA page_size = 4096")
+    made.execute("CREATE TABLE before_weightwarden (x INTEGER)")
+    made.close()
+    with SqliteStore(old) as store:
+        store.register_agent(agent_id="gpu-01", public_key_pem="k", now=1)
+        events, head = chain_of("gpu-01", 5)
+        store.ingest(
+            agent_id="gpu-01",
+            nonce="n-1",
+            expected_head_seq=0,
+            new_head_seq=head.seq,
+            new_head_hash=head.link_hash,
+            events=events,
+            alerts=(),
+        )
+        assert list(store.chain("gpu-01")) == events
+    for path, size in ((fresh, 16384), (old, 4096)):
+        check = sqlite3.connect(path)
+        try:
+            assert check.execute("PRAGMA page_size").fetchone()[0] == size
+        finally:
+            check.close()
+
+
 def test_existing_database_is_tightened_to_0600(tmp_path: Path) -> None:
     """A database file readable by others is made private when the store opens it."""
     path = tmp_path / "collector.sqlite"
