@@ -70,6 +70,10 @@ class Context:
     _assets: dict[str, Asset | None] = field(init=False, default_factory=dict)
     _roles: dict[str, str] = field(init=False, default_factory=dict)
     _accounts: dict[str, ServiceAccount | None] = field(init=False, default_factory=dict)
+    _canaries: dict[str, bool] = field(init=False, default_factory=dict)
+    _allowed: dict[tuple[str, str, str | None, str | None], bool] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         cidrs = self.policy.egress.allow_cidrs if self.policy else ()
@@ -121,16 +125,28 @@ class Context:
         return asset is not None and (asset.covers(path) or matches(path, asset.approved_roots))
 
     def is_canary(self, path: str) -> bool:
-        """Whether the policy lists ``path`` as a decoy."""
-        return self.policy is not None and matches(path, self.policy.canaries)
+        """Whether the policy lists ``path`` as a decoy (memoised)."""
+        if self.policy is None:
+            return False
+        try:
+            return self._canaries[path]
+        except KeyError:
+            found = self._canaries[path] = matches(path, self.policy.canaries)
+            return found
 
     # -- principals ----------------------------------------------------------------------
 
     def allowed(self, *, asset: str, user: str, program: str | None, host: str | None) -> bool:
-        """Whether an access rule, or a grant, lets ``user`` read ``asset`` (no policy: yes)."""
+        """Whether an access rule lets ``user`` read ``asset`` (no policy: yes; memoised)."""
         if self.policy is None:
             return True
-        return self.policy.allows(asset=asset, user=user, program=program, host=host)
+        key = (asset, user, program, host)
+        try:
+            return self._allowed[key]
+        except KeyError:
+            found = self.policy.allows(asset=asset, user=user, program=program, host=host)
+            self._allowed[key] = found
+            return found
 
     def granted(self, *, asset: str, user: str, time: int) -> bool:
         """Whether ``user`` holds a grant for ``asset`` in force at ``time``."""

@@ -7,7 +7,7 @@ files are decoys (canaries), where weights must never be staged, and which alert
 quiet (suppressions). Access grants are not part of the file: the collector keeps them
 (``weightwarden access grant``) and detectors receive them as :class:`Grant` values.
 
-Globs use :func:`fnmatch.fnmatchcase` (``*`` also matches ``/``), on absolute paths for
+Globs are :mod:`fnmatch` patterns, case-sensitive (``*`` also matches ``/``), on absolute paths for
 files and on names for users, programs and hosts. Everything here is pure: no clock, no
 file, no network; times are milliseconds since the epoch, UTC.
 
@@ -18,8 +18,10 @@ nobody.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import lru_cache
 from typing import Literal
 
 __all__ = [
@@ -45,7 +47,13 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 def matches(value: str | None, globs: tuple[str, ...]) -> bool:
     """Whether ``value`` matches any of ``globs`` (None matches nothing)."""
-    return value is not None and any(fnmatchcase(value, glob) for glob in globs)
+    return value is not None and bool(globs) and _pattern(globs).match(value) is not None
+
+
+@lru_cache(maxsize=4096)
+def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled expression for a set of globs (as :func:`fnmatch.fnmatchcase` reads them)."""
+    return re.compile("|".join(f"(?:{translate(glob)})" for glob in globs))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

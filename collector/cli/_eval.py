@@ -23,11 +23,9 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
 from collector.cli._common import now_ms
 from collector.cli._detect import add_judging_options, policy_or_none
-from collector.detection import accesses_from_lines, run_detection
+from collector.detection import accesses_from_lines, paused_gc, run_detection
 from collector.evaluation import Evaluation, evaluate, parse_labels
 from collector.policy_file import load_policy
 from detectors.context import Context
@@ -86,6 +84,19 @@ def _read(path: Path) -> str:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _stream(path: Path) -> Iterator[bytes]:
+    """The file's lines, as bytes.
+
+    Raises:
+        UsageError: The file cannot be read.
+    """
+    try:
+        with path.open("rb") as stream:
+            yield from stream
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         with path.open("rb") as stream:
@@ -94,15 +105,6 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                     yield number, line
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _checked_lines(path: Path) -> Iterator[bytes]:
-    for number, line in _lines(path):
-        try:
-            orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{number}: not a JSON object: {exc}") from None
-        yield line
 
 
 def _policy(args: argparse.Namespace, labels: Labels) -> Policy | None:
@@ -118,11 +120,11 @@ def _policy(args: argparse.Namespace, labels: Labels) -> Policy | None:
 
 
 def _from_file(args: argparse.Namespace, labels: Labels, policy: Policy | None) -> Detection:
-    accesses = accesses_from_lines(_checked_lines(args.events))
-    if not accesses:
-        raise UsageError(f"{args.events}: no file, process or network activity to detect over")
-    context = Context(policy=policy, grants=labels.grants)
-    return detect(accesses, context)
+    with paused_gc():
+        accesses = accesses_from_lines(_stream(args.events), strict_source=str(args.events))
+        if not accesses:
+            raise UsageError(f"{args.events}: no file, process or network activity to detect over")
+        return detect(accesses, Context(policy=policy, grants=labels.grants))
 
 
 def _from_store(args: argparse.Namespace, labels: Labels, policy: Policy | None) -> Detection:
