@@ -221,8 +221,7 @@ def run_detection(
     )
     excluded = _excluded(store)
     with paused_gc():
-        lines = (event.payload for event in store.events(since=since - HISTORY, until=until))
-        accesses = accesses_from_lines(lines)
+        accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
         detection = detect(accesses, context, excluded=excluded, report_from=since)
     chosen, daily = alerted_days(detection, budget=budget)
     alerts = [alert_for(risk, now=now) for risk in chosen]

@@ -14,8 +14,8 @@ preferred to a uid; a user known only by uid is ``uid:1001``; nobody known is
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import orjson
 
@@ -60,9 +60,12 @@ _FILE_KINDS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Access:
+class Access(NamedTuple):
     """The attributes of one event that detection uses.
+
+    An immutable named tuple rather than a frozen dataclass: detection builds one per stored
+    event, a million per run, and a tuple is built five times faster (0.5 against 2.3 µs).
+    Build it with keywords; change a copy with ``_replace``.
 
     Attributes:
         uid: The event's id (the evidence an alert cites).
@@ -129,44 +132,39 @@ def access_from_json(line: str | bytes) -> Access | None:
 
 
 def _name(user: object) -> str | None:
-    if not isinstance(user, dict):
+    if type(user) is not dict:
         return None
     name = user.get("name")
-    if isinstance(name, str) and name:
+    if type(name) is str and name:
         return name
     uid = user.get("uid")
-    return f"uid:{uid}" if uid is not None else None
+    return f"uid:{uid}" if type(uid) in (str, int) and uid != "" else None
 
 
-def _program(process: Mapping[str, object] | None) -> str | None:
-    if process is None:
-        return None
-    name = process.get("name")
-    if isinstance(name, str) and name:
-        return name
-    file = process.get("file")
-    if isinstance(file, dict):
-        path = file.get("path")
-        if isinstance(path, str) and path:
-            return path.rstrip("/").rpartition("/")[2]
-    return None
-
-
-def _exe(process: Mapping[str, object] | None) -> str | None:
-    file = process.get("file") if process else None
-    path = file.get("path") if isinstance(file, dict) else None
-    return path if isinstance(path, str) and path else None
-
-
-def _mapping(value: object) -> Mapping[str, object] | None:
-    return value if isinstance(value, dict) else None
+def _text(obj: Mapping[str, object], key: str) -> str | None:
+    value = obj.get(key)
+    return value if type(value) is str and value else None
 
 
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None
 
 
-def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:
+def _program(process: Mapping[str, object]) -> tuple[str | None, str | None]:
+    """The program's name and full path."""
+    file = process.get("file")
+    exe = _text(file, "path") if type(file) is dict else None
+    name = _text(process, "name")
+    if name is None and exe is not None:
+        name = exe.rstrip("/").rpartition("/")[2] or None
+    return name, exe
+
+
+_NOBODY: Final[Mapping[str, object]] = MappingProxyType({})
+_AUDIT_UNSET: Final = 2**32 - 1
+
+
+def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901, PLR0912, PLR0915 -- one flat read of many optional attributes, on the hot path
     """The :class:`Access` of a File System, Network or Process Activity; else None.
 
     Never raises on malformed input: attributes of the wrong type count as absent, and an
@@ -175,85 +173,110 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:
     class_uid = obj.get("class_uid")
     if class_uid not in (_FILE, _NETWORK, _PROCESS):
         return None
-    metadata = _mapping(obj.get("metadata"))
-    uid = metadata.get("uid") if metadata else None
-    time = _int(obj.get("time"))
-    if not isinstance(uid, str) or time is None:
+    metadata = obj.get("metadata")
+    uid = metadata.get("uid") if type(metadata) is dict else None
+    time = obj.get("time")
+    if type(uid) is not str or type(time) is not int:
         return None
-    device = _mapping(obj.get("device"))
-    host = device.get("hostname") if device else None
-    actor = _mapping(obj.get("actor")) or {}
-    process = _mapping(actor.get("process"))
-    context = _mapping(process.get("xattributes")) if process else None
-    account = _name(actor.get("user")) or (_name(process.get("user")) if process else None)
-    login = None
-    if context is not None:
-        login_name = context.get("login_user_name")
-        login_uid = context.get("login_uid")
-        if isinstance(login_name, str) and login_name:
-            login = login_name
-        elif _int(login_uid) is not None and login_uid != 2**32 - 1:
+    device = obj.get("device")
+    host = (_text(device, "hostname") if type(device) is dict else None) or ""
+    actor = obj.get("actor")
+    if type(actor) is not dict:
+        actor = _NOBODY
+    process = actor.get("process")
+    if type(process) is not dict:
+        process = _NOBODY
+    context = process.get("xattributes")
+    if type(context) is not dict:
+        context = _NOBODY
+    account = _name(actor.get("user")) or _name(process.get("user"))
+    login = _text(context, "login_user_name")
+    if login is None:
+        login_uid = _int(context.get("login_uid"))
+        if login_uid is not None and login_uid != _AUDIT_UNSET:
             login = f"uid:{login_uid}"
     account = account or login or UNKNOWN_USER
-    parent = _mapping(process.get("parent_process")) if process else None
-    ssh = _mapping(context.get("ssh_origin")) if context else None
-    job = context.get("job_id") if context else None
+    program, exe = _program(process)
+    parent = process.get("parent_process")
+    parent_program = _program(parent)[0] if type(parent) is dict else None
+    ssh = context.get("ssh_origin")
+    ssh_ip = _text(ssh, "ip") if type(ssh) is dict else None
     severity = _int(obj.get("severity_id")) or 1
-    common: dict[str, object] = {
-        "uid": uid,
-        "time": time,
-        "host": host if isinstance(host, str) else "",
-        "user": login or account,
-        "account": account,
-        "program": _program(process),
-        "exe": _exe(process),
-        "parent_program": _program(parent),
-        "ssh_ip": ssh.get("ip") if ssh and isinstance(ssh.get("ip"), str) else None,
-        "job": job if isinstance(job, str) else None,
-        "severity": severity,
-    }
-    activity = _int(obj.get("activity_id")) or 0
+    user = login or account
+    job = _text(context, "job_id")
     if class_uid == _PROCESS:
-        return Access(kind=AccessKind.EXEC, **common)  # type: ignore[arg-type]
-    unmapped = _mapping(obj.get("unmapped"))
-    ext = (_mapping(unmapped.get("weightwarden")) if unmapped else None) or {}
-    if class_uid == _NETWORK:
-        dst = _mapping(obj.get("dst_endpoint")) or {}
-        traffic = _mapping(obj.get("traffic")) or {}
-        dst_ip = dst.get("ip")
-        dst_host = dst.get("hostname")
-        session = ext.get("session_uid")
         return Access(
-            kind=AccessKind.CONNECT,
-            dst_ip=dst_ip if isinstance(dst_ip, str) else None,
-            dst_host=dst_host if isinstance(dst_host, str) else None,
-            dst_port=_int(dst.get("port")),
-            bytes_out=_int(traffic.get("bytes_out")) or 0,
-            session=session if isinstance(session, str) else None,
-            **common,  # type: ignore[arg-type]
+            uid=uid,
+            time=time,
+            host=host,
+            kind=AccessKind.EXEC,
+            user=user,
+            account=account,
+            program=program,
+            exe=exe,
+            parent_program=parent_program,
+            ssh_ip=ssh_ip,
+            job=job,
+            severity=severity,
         )
-    file = _mapping(obj.get("file")) or {}
-    result = _mapping(obj.get("file_result"))
-    kind = _FILE_KINDS.get(activity, AccessKind.OTHER)
-    target = result if kind is AccessKind.RENAME and result else file
-    path = target.get("path")
-    read = (_int(ext.get("bytes_read")) or 0) + (_int(ext.get("mmap_bytes")) or 0)
+    unmapped = obj.get("unmapped")
+    ext = unmapped.get("weightwarden") if type(unmapped) is dict else None
+    if type(ext) is not dict:
+        ext = _NOBODY
+    session = _text(ext, "session_uid")
+    if class_uid == _NETWORK:
+        dst = obj.get("dst_endpoint")
+        if type(dst) is not dict:
+            dst = _NOBODY
+        traffic = obj.get("traffic")
+        bytes_out = _int(traffic.get("bytes_out")) if type(traffic) is dict else None
+        return Access(
+            uid=uid,
+            time=time,
+            host=host,
+            kind=AccessKind.CONNECT,
+            user=user,
+            account=account,
+            program=program,
+            exe=exe,
+            parent_program=parent_program,
+            ssh_ip=ssh_ip,
+            job=job,
+            severity=severity,
+            dst_ip=_text(dst, "ip"),
+            dst_host=_text(dst, "hostname"),
+            dst_port=_int(dst.get("port")),
+            bytes_out=bytes_out or 0,
+            session=session,
+        )
+    kind = _FILE_KINDS.get(_int(obj.get("activity_id")) or 0, AccessKind.OTHER)
+    target = obj.get("file_result") if kind is AccessKind.RENAME else None
+    if type(target) is not dict:
+        target = obj.get("file")
+        if type(target) is not dict:
+            target = _NOBODY
     fraction = ext.get("fraction_read")
-    seal = _mapping(ext.get("seal"))
-    seal_status = seal.get("status") if seal else None
-    copy_source = ext.get("copy_source")
-    session = ext.get("session_uid")
-    phase = ext.get("session_phase")
+    seal = ext.get("seal")
     return Access(
+        uid=uid,
+        time=time,
+        host=host,
         kind=kind,
-        path=path if isinstance(path, str) else "",
+        user=user,
+        account=account,
+        program=program,
+        exe=exe,
+        parent_program=parent_program,
+        ssh_ip=ssh_ip,
+        job=job,
+        severity=severity,
+        path=_text(target, "path") or "",
         size=_int(target.get("size")),
-        bytes=read,
-        fraction=float(fraction) if isinstance(fraction, int | float) else None,
-        session=session if isinstance(session, str) else None,
-        phase=phase if isinstance(phase, str) else None,
+        bytes=(_int(ext.get("bytes_read")) or 0) + (_int(ext.get("mmap_bytes")) or 0),
+        fraction=float(fraction) if type(fraction) in (int, float) else None,  # type: ignore[arg-type]
+        session=session,
+        phase=_text(ext, "session_phase"),
         canary=ext.get("canary") is True,
-        seal=seal_status if isinstance(seal_status, str) else None,
-        copy_source=copy_source if isinstance(copy_source, str) else None,
-        **common,  # type: ignore[arg-type]
+        seal=_text(seal, "status") if type(seal) is dict else None,
+        copy_source=_text(ext, "copy_source"),
     )

@@ -287,6 +287,9 @@ class Store(Protocol):
     ) -> Iterator[StoredEvent]:
         """Events by (time, agent, seq), with ``since <= time < until``."""
 
+    def payloads(self, *, since: int | None = None, until: int | None = None) -> Iterator[str]:
+        """The payloads of the events with ``since <= time < until``, in :meth:`events` order."""
+
     def chain(self, agent_id: str) -> Iterator[StoredEvent]:
         """One agent's stored events by seq, for re-verification."""
 

@@ -76,6 +76,26 @@ _INSERT_EVENTS: Final = (
 _SELECT_AGENTS: Final = f"SELECT {_AGENTS} FROM agents"  # noqa: S608
 _SELECT_ALERTS: Final = f"SELECT {_ALERTS} FROM alerts"  # noqa: S608
 _SELECT_EVENTS: Final = f"SELECT {_EVENTS} FROM"
+
+
+def _period(
+    agent_id: str | None, since: int | None, until: int | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and parameters for an agent and a ``since <= time < until`` period."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if agent_id is not None:
+        conditions.append("agent_id = ?")
+        params.append(agent_id)
+    if since is not None:
+        conditions.append("time >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("time < ?")
+        params.append(until)
+    return conditions, params
+
+
 _GRANTS: Final = "id, user_name, asset, approver, reason, created_at, expires_at, revoked_at"
 _SUPPRESSIONS: Final = (
     "id, rule, reason, user_glob, host_glob, program_glob, path_glob, expires_at, created_at,"
@@ -480,43 +500,54 @@ class SqlStore(Generic[C]):
         The iterator reads a page at a time as it is consumed; each page sees what was
         committed when it was read.
         """
-        conditions: list[str] = []
-        params: list[Any] = []
-        if agent_id is not None:
-            conditions.append("agent_id = ?")
-            params.append(agent_id)
-        if since is not None:
-            conditions.append("time >= ?")
-            params.append(since)
-        if until is not None:
-            conditions.append("time < ?")
-            params.append(until)
-        return self._pages(conditions, params, limit)
+        conditions, params = _period(agent_id, since, until)
+        rows = self._rows(_EVENTS, conditions, params, limit, key=(7, 0, 1))
+        return (event_from_row(row) for row in rows)
 
-    def _pages(
-        self, conditions: list[str], params: list[Any], limit: int | None
-    ) -> Iterator[StoredEvent]:
+    def payloads(self, *, since: int | None = None, until: int | None = None) -> Iterator[str]:
+        """The canonical payloads of the events with ``since <= time < until``.
+
+        In (time, agent, seq) order: what detection reads, without a :class:`StoredEvent`
+        per row.
+        """
+        conditions, params = _period(None, since, until)
+        rows = self._rows("time, agent_id, seq, payload", conditions, params, None, key=(0, 1, 2))
+        return (row[3] for row in rows)
+
+    def _rows(
+        self,
+        columns: str,
+        conditions: list[str],
+        params: list[Any],
+        limit: int | None,
+        *,
+        key: tuple[int, int, int],
+    ) -> Iterator[Any]:
+        """Rows of ``events`` by (time, agent_id, seq), a page at a time.
+
+        ``columns`` is one of this module's constant column lists (never input); ``key``
+        gives the positions of time, agent_id and seq among them.
+        """
         remaining = limit
-        key: tuple[int, str, int] | None = None
+        after: tuple[int, str, int] | None = None
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
             where = list(conditions)
             args = list(params)
-            if key is not None:
+            if after is not None:
                 where.append("(time, agent_id, seq) > (?, ?, ?)")
-                args.extend(key)
+                args.extend(after)
             sql = self._q(
-                f"{_SELECT_EVENTS} {self._events_source}"
+                f"SELECT {columns} FROM {self._events_source}"  # noqa: S608 -- constants and ? only
                 + (f" WHERE {' AND '.join(where)}" if where else "")
                 + " ORDER BY time, agent_id, seq LIMIT ?"
             )
             rows = self._fetch_all(sql, (*args, size))
-            for row in rows:
-                yield event_from_row(row)
+            yield from rows
             if len(rows) < size:
                 return
             last = rows[-1]
-            key = (last[7], last[0], last[1])
+            after = (last[key[0]], last[key[1]], last[key[2]])
             if remaining is not None:
                 remaining -= len(rows)
 

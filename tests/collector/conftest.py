@@ -219,6 +219,10 @@ class MemoryStore:
         ]
         return iter(rows if limit is None else rows[:limit])
 
+    def payloads(self, *, since: int | None = None, until: int | None = None) -> Iterator[str]:
+        """The payloads of the events of a period, in ``events`` order."""
+        return (event.payload for event in self.events(since=since, until=until))
+
     def chain(self, agent_id: str) -> Iterator[StoredEvent]:
         """One agent's events by seq."""
         with self.lock:

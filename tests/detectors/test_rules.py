@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 from detectors.access import Access, AccessKind
@@ -41,7 +40,7 @@ def access(**fields) -> Access:
         session="s1",
         phase="close",
     )
-    return dataclasses.replace(base, **fields)
+    return base._replace(**fields)
 
 
 def rules_of(findings) -> list[str]:
@@ -141,7 +140,7 @@ def test_a_copy_outside_the_approved_roots_fires_and_inside_them_does_not(policy
     rules = StagingRules(Context(policy=policy))
     source = "/data/ckpt/frontier-7b/step-100/model-00001-of-00002.safetensors"
     home = access(kind=AccessKind.WRITE, path="/home/eve/m.safetensors", copy_source=source)
-    approved = dataclasses.replace(home, path="/data/converted/m.safetensors")
+    approved = home._replace(path="/data/converted/m.safetensors")
     assert rules_of(rules(home)) == [COPY_RULE]
     assert rules(approved) == []
 
@@ -246,7 +245,7 @@ def test_a_reader_that_bulk_reads_every_week_is_flagged_as_routine_and_scored_lo
     for week in range(3):
         start = MONDAY + week * 7 * DAY
         for n, read in enumerate(every):
-            found = rule(dataclasses.replace(read, time=start + n * 1000, user="svc-backup"))
+            found = rule(read._replace(time=start + n * 1000, user="svc-backup"))
             scores += [f.score for f in found]
     assert scores == [45.0, 45.0, 10.0]
 

@@ -522,7 +522,7 @@ def test_import_refuses_events_of_an_agent_chain(store: Store) -> None:
 def test_events_are_ordered_by_time_agent_and_seq_and_filtered(
     store: Store, chain_of: ChainOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """events() pages by (time, agent, seq) and applies agent, since <= time < until, limit."""
+    """events() and payloads() page by (time, agent, seq) and apply the filters they take."""
     monkeypatch.setattr(store, "page_size", 7)  # several pages
     for agent_id in ("gpu-02", "gpu-01"):
         store.register_agent(agent_id=agent_id, public_key_pem=PEM, now=1)
@@ -539,6 +539,10 @@ def test_events_are_ordered_by_time_agent_and_seq_and_filtered(
     assert list(store.events(limit=9)) == everything[:9]
     assert list(store.events(agent_id="gpu-01", since=1005, limit=10)) == a[5:15]
     assert list(store.events(limit=0)) == []
+    assert list(store.payloads()) == [e.payload for e in everything]
+    assert list(store.payloads(since=1015, until=1020)) == [
+        e.payload for e in everything if 1015 <= e.time < 1020
+    ]
 
 
 def test_chain_returns_one_agent_by_seq_across_pages(
