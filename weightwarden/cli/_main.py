@@ -9,6 +9,7 @@ defaults; structlog is configured only then.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
@@ -79,6 +80,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_SIGPIPE_EXIT = 141
+"""128 + SIGPIPE, what a shell reports for a writer whose reader closed the pipe."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code instead of raising."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -94,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("weightwarden: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``... | head``): not an error of ours, and nothing more to say.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _SIGPIPE_EXIT
     except Exception as exc:  # noqa: BLE001 -- the boundary: a bug must not exit 1, "tampered"
         traceback.print_exc()
         print(
