@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +88,18 @@ def test_detect_refuses_an_invalid_policy_with_its_file_and_line(collector, tmp_
 def test_detect_rejects_bad_arguments_in_one_line(collector, ww, args, expected):
     """Bad input is one line and exit 2."""
     assert expected in ww("detect", "--dir", collector, *args).one_line_error(2)
+
+
+def test_the_detect_timers_command_line_is_one_detect_accepts(tmp_path, ww):
+    """systemd/weightwarden-detect.service's ExecStart parses; without a policy it exits 78."""
+    unit = Path(__file__).parents[3] / "systemd" / "weightwarden-detect.service"
+    [exec_start] = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[1:4] == ["detect", "--dir", "/var/lib/weightwarden-collector"]
+    layout = init_directory(tmp_path / "c", tls=False, now=datetime.now(UTC))
+    args = [
+        layout.directory if arg == "/var/lib/weightwarden-collector" else arg for arg in argv[2:]
+    ]
+    assert "set [detection] policy in" in ww("detect", *args).one_line_error(78)
+    timer = unit.with_suffix(".timer").read_text()
+    assert "OnUnitActiveSec=1h" in timer
