@@ -12,9 +12,12 @@ For each store (SQLite, then PostgreSQL), on a fresh database:
    client process, its agents taking turns). Building and signing is done before the
    clock starts; the figure is all events over the time from the first request to the
    last answer. Every answer must be 200, and afterwards the store must hold exactly the
-   events sent (a WARNING line says otherwise). Printed beside it: the collectors' own CPU
-   time (from ``/proc``, so events per CPU-second is the single-process ceiling) and how
-   busy the whole machine was during the load.
+   events sent (a WARNING line says otherwise). --workers N runs each collector as N
+   worker processes on one listening socket (``collector serve --workers N``). Printed
+   beside it: the collectors' own CPU time, workers included (from ``/proc``: events per
+   CPU-second is what one core would sustain), the client processes' and PostgreSQL's, and
+   how busy the whole machine was during the load (the rest is the kernel's and other
+   people's work on a shared machine).
 2. **Latency under that load.** A real agent (``weightwarden agent run --collector URL
    --enroll-token TOKEN``; fanotify, so it needs root) watches a folder of small files.
    While the load runs, a separate process opens one of them (reads 64 bytes, closes)
@@ -27,7 +30,7 @@ For each store (SQLite, then PostgreSQL), on a fresh database:
 Usage (as root for the latency part; without root it is skipped)::
 
     .venv/bin/python benchmarks/ingest.py [--events 300000] [--agents 4] [--clients 2]
-        [--batch 1000] [--connection agent|client] [--collectors 1]
+        [--batch 1000] [--connection agent|client] [--collectors 1] [--workers 1]
         [--stores sqlite,postgresql] [--open-interval 0.05] [--no-latency]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres] [--dir DIR] [--keep]
 
@@ -273,6 +276,10 @@ class Clients:
                 statuses[status] = statuses.get(status, 0) + n
         return end - start, sum(r[2] for r in results), statuses
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the client processes so far."""
+        return sum(process_cpu(proc.pid) for proc in self.procs if proc.pid is not None)
+
     def close(self) -> None:
         """Tell every client to quit and wait for it."""
         for pipe in self.pipes:
@@ -312,7 +319,7 @@ def start_clients(total: int, agents: int, clients: int, batch: int, *, per_agen
 class Collector:
     """``weightwarden collector serve --db TARGET`` on a free loopback port."""
 
-    def __init__(self, target: str, directory: Path) -> None:
+    def __init__(self, target: str, directory: Path, *, workers: int = 1) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / "serve.log"
         env = {k: v for k, v in os.environ.items() if k != "WEIGHTWARDEN_COLLECTOR_DIR"}
@@ -330,6 +337,8 @@ class Collector:
                     target,
                     "--listen",
                     "127.0.0.1:0",
+                    "--workers",
+                    str(workers),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -352,9 +361,8 @@ class Collector:
         raise SystemExit("the collector did not start listening within 60 s")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the collector process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User + system CPU time of the collector process and its workers so far."""
+        return process_cpu(self.proc.pid) + sum(process_cpu(pid) for pid in children(self.proc.pid))
 
     def stop(self) -> None:
         """SIGTERM and wait."""
@@ -522,6 +530,36 @@ gpu_poll = "1h"
         self.log.close()
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process so far (with its reaped children: none)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the collector's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def postgres_cpu() -> float:
+    """User + system CPU seconds of every ``postgres`` process on this machine so far."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += process_cpu(int(entry.name))
+    return total
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -583,14 +621,17 @@ def run_case(
     probe: LatencyProbe | None = None
     try:
         collectors.extend(
-            Collector(target, root / f"collector-{label}-{n}") for n in range(args.collectors)
+            Collector(target, root / f"collector-{label}-{n}", workers=args.workers)
+            for n in range(args.collectors)
         )
         if args.latency:
             probe = LatencyProbe(root / f"agent-{label}", collectors[0], target, args.open_interval)
             probe.start()
         cpu_before, machine_before = sum(c.cpu_seconds() for c in collectors), machine_cpu()
+        clients_before, db_before = clients.cpu_seconds(), postgres_cpu()
         seconds, events, statuses = clients.run([c.port for c in collectors])
         cpu = sum(c.cpu_seconds() for c in collectors) - cpu_before
+        clients_cpu, db_cpu = clients.cpu_seconds() - clients_before, postgres_cpu() - db_before
         machine = machine_cpu()
         busy = (machine[0] - machine_before[0]) / (machine[1] - machine_before[1])
         if probe is not None:
@@ -600,12 +641,14 @@ def run_case(
         print(
             f"{label:<11} {events:>9,} events in {seconds:6.2f} s = {events / seconds:>9,.0f} "
             f"events/s   {len(collectors)} collector(s), CPU {cpu:5.1f} s "
-            f"({events / cpu:,.0f} events per CPU-second)"
+            f"({events / cpu:,.0f} events per CPU-second), {args.workers} worker(s) each"
             f"   answers {dict(sorted(statuses.items()))}"
         )
         print(
             f"{'':<11} machine CPU busy {busy:.0%} of {os.cpu_count()} cores during the load "
-            f"(collectors {cpu / seconds:.0%} of one core)"
+            f"(collectors {cpu / seconds:.0%} of one core, client processes "
+            f"{clients_cpu / seconds:.0%}, postgres processes {db_cpu / seconds:.0%}; the rest "
+            "is the kernel's and other work's)"
         )
         if stored != expected or set(statuses) != {200}:
             print(f"{'':<11} WARNING: stored {stored:,} of {expected:,} events")
@@ -657,6 +700,12 @@ def main() -> None:
         type=int,
         default=1,
         help="collector serve processes on the one database (each agent sends to one of them)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of each collector (collector serve --workers)",
     )
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")

@@ -63,7 +63,9 @@ __all__ = [
     "CollectorServer",
     "RateLimiter",
     "ServerLimits",
+    "listening_socket",
     "openapi_document",
+    "server_url",
     "tls_context",
 ]
 
@@ -718,6 +720,31 @@ class _Handler(BaseHTTPRequestHandler):
         return HTTPStatus.OK, self.server.owner.openapi, {}, {}
 
 
+def listening_socket(listen: tuple[str, int]) -> socket.socket:
+    """A TCP socket bound to ``listen`` and listening, for worker processes to share.
+
+    Raises:
+        OSError: The address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(listen)
+        sock.listen(_HttpServer.request_queue_size)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def server_url(address: tuple[str, int], *, tls: bool) -> str:
+    """``http(s)://HOST:PORT`` of a bound address (an IPv6 host in brackets)."""
+    host, port = str(address[0]), int(address[1])
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 class _HttpServer(ThreadingHTTPServer):
     """The listening socket: a bounded number of connection threads, TLS in the thread."""
 
@@ -725,11 +752,19 @@ class _HttpServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, owner: CollectorServer, address: tuple[str, int]) -> None:
+    def __init__(
+        self, owner: CollectorServer, address: tuple[str, int], sock: socket.socket | None
+    ) -> None:
         self.owner = owner
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=sock is None)
+        if sock is not None:  # a socket shared with other worker processes
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            # Workers race for each connection; the loser must not block in accept().
+            sock.settimeout(0.0)
 
     def server_bind(self) -> None:
         """Bind without the reverse DNS lookup ``HTTPServer.server_bind`` does."""
@@ -804,6 +839,8 @@ class CollectorServer:
         ingestor: Verifies and stores batches.
         limits: Bounds on requests, agents and connections.
         listen: Host and port; port 0 picks a free one (see :attr:`address`).
+        sock: A socket already listening (from :func:`listening_socket`), shared with other
+            worker processes that accept from it too; ``listen`` is then not bound.
         tls: A server TLS context for HTTPS, or None for plain HTTP.
         clock: Milliseconds since the epoch (enrollment times).
         collector_public_key: The collector's public key PEM, returned to enrolling agents.
@@ -819,6 +856,7 @@ class CollectorServer:
         ingestor: Ingestor,
         limits: ServerLimits,
         listen: tuple[str, int] = ("127.0.0.1", 0),
+        sock: socket.socket | None = None,
         tls: ssl.SSLContext | None = None,
         clock: Callable[[], int],
         collector_public_key: str | None = None,
@@ -838,7 +876,7 @@ class CollectorServer:
         self._connections: dict[socket.socket, bool] = {}
         self._thread: threading.Thread | None = None
         self._started = False
-        self._httpd = _HttpServer(self, listen)
+        self._httpd = _HttpServer(self, listen, sock)
         self.openapi = openapi_document()
 
     @property
@@ -850,9 +888,7 @@ class CollectorServer:
     @property
     def url(self) -> str:
         """``http(s)://HOST:PORT``."""
-        host, port = self.address
-        shown = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+        return server_url(self.address, tls=self.tls is not None)
 
     # -- bookkeeping for the connection threads ------------------------------------------
 

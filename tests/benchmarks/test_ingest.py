@@ -41,6 +41,18 @@ def test_sqlite_throughput_is_printed_with_every_batch_stored(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []  # nothing left behind without --keep
 
 
+def test_workers_take_every_batch_and_the_cpu_of_every_process_is_printed(
+    tmp_path: Path,
+) -> None:
+    """With --workers 2 every batch is stored; workers' CPU and the other processes' show."""
+    out = run("--stores", "sqlite", "--no-latency", "--workers", "2", "--dir", str(tmp_path))
+    line = next(x for x in out.splitlines() if x.startswith("sqlite "))
+    assert "2 worker(s) each" in line, line
+    assert "answers {200: 4}" in line, line
+    assert "WARNING" not in out
+    assert re.search(r"collectors \d+% of one core, client processes \d+%, postgres", out), out
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the agent's fanotify sensor needs root")
 def test_latency_of_a_real_agents_opens_is_matched_in_the_store(tmp_path: Path) -> None:
     """A real agent's opens during the load are all found in the store by path."""

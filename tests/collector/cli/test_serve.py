@@ -15,6 +15,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -190,3 +191,97 @@ def test_serve_without_a_config_exits_78(tmp_path, ww):
     run = ww("collector", "serve", "--dir", tmp_path / "missing")
     assert run.code == 78
     assert "collector init" in run.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def workers(collector_dir, ww_argv) -> Iterator[Collector]:
+    """`collector serve --workers 3` on a free loopback port."""
+    collector = Collector(
+        [
+            *ww_argv,
+            "collector",
+            "serve",
+            "--dir",
+            str(collector_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+        ]
+    )
+    try:
+        assert collector.listening.wait(60), collector.lines
+        yield collector
+    finally:
+        if collector.proc.poll() is None:
+            collector.proc.kill()
+            collector.proc.wait(timeout=30)
+        collector.close()
+
+
+def test_workers_store_every_batch_of_many_agents_once_and_stop_on_sigterm(
+    collector_dir, workers, ww, sim_agent
+):
+    """Three worker processes on one socket: agents in parallel, every event stored once."""
+    assert len(_children(workers.proc.pid)) == 3
+    agents = []
+    for n in range(6):
+        host = f"gpu-{n:02d}"
+        token = ww("collector", "enroll", "--dir", collector_dir, "--host", host).stdout.strip()
+        agent = sim_agent(host)
+        status, _ = workers.request(
+            "POST",
+            "/v1/enroll",
+            json.dumps({"token": token, "host": host, "public_key": agent.public_pem}).encode(),
+        )
+        assert status == 200
+        agents.append(agent)
+    answers: list[int] = []
+
+    def send(agent) -> None:
+        for _ in range(5):
+            body = agent.seal(agent.record_opens(20))
+            answers.append(workers.request("POST", "/v1/batches", body)[0])
+
+    threads = [threading.Thread(target=send, args=(agent,)) for agent in agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [200] * 30
+    assert workers.stop() == 0
+    assert ww("collector", "verify-log", "--dir", collector_dir).code == 0
+    listed = ww("collector", "agents", "--dir", collector_dir).stdout
+    for agent in agents:
+        assert agent.agent_id in listed
+
+
+def test_a_worker_that_dies_takes_the_service_down_with_exit_70(workers):
+    """A killed worker is a failed component: the others are stopped and the parent exits 70."""
+    victim, *others = _children(workers.proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    assert workers.proc.wait(timeout=60) == 70
+    workers.close()
+    assert any(line.get("event") == "collector worker exited" for line in workers.lines)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in others)  # stopped and reaped
+
+
+def test_workers_must_be_at_least_one(collector_dir, ww):
+    """--workers 0 is a usage error (exit 2) in one line."""
+    result = ww("collector", "serve", "--dir", collector_dir, "--workers", "0")
+    assert result.code == 2
+    assert "--workers must be at least 1" in result.one_line_error()
