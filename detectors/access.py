@@ -98,12 +98,15 @@ class Access(NamedTuple):
     uid: str
     time: int
     host: str
-    kind: AccessKind
     user: str
     account: str
     program: str | None = None
     exe: str | None = None
     parent_program: str | None = None
+    ssh_ip: str | None = None
+    job: str | None = None
+    severity: int = 1
+    kind: AccessKind = AccessKind.OTHER
     path: str = ""
     size: int | None = None
     bytes: int = 0
@@ -117,9 +120,6 @@ class Access(NamedTuple):
     dst_host: str | None = None
     dst_port: int | None = None
     bytes_out: int = 0
-    ssh_ip: str | None = None
-    job: str | None = None
-    severity: int = 1
 
 
 def access_from_json(line: str | bytes) -> Access | None:
@@ -204,21 +204,9 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901,
     severity = _int(obj.get("severity_id")) or 1
     user = login or account
     job = _text(context, "job_id")
+    common = (uid, time, host, user, account, program, exe, parent_program, ssh_ip, job, severity)
     if class_uid == _PROCESS:
-        return Access(
-            uid=uid,
-            time=time,
-            host=host,
-            kind=AccessKind.EXEC,
-            user=user,
-            account=account,
-            program=program,
-            exe=exe,
-            parent_program=parent_program,
-            ssh_ip=ssh_ip,
-            job=job,
-            severity=severity,
-        )
+        return Access(*common, AccessKind.EXEC)
     unmapped = obj.get("unmapped")
     ext = unmapped.get("weightwarden") if type(unmapped) is dict else None
     if type(ext) is not dict:
@@ -231,18 +219,8 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901,
         traffic = obj.get("traffic")
         bytes_out = _int(traffic.get("bytes_out")) if type(traffic) is dict else None
         return Access(
-            uid=uid,
-            time=time,
-            host=host,
-            kind=AccessKind.CONNECT,
-            user=user,
-            account=account,
-            program=program,
-            exe=exe,
-            parent_program=parent_program,
-            ssh_ip=ssh_ip,
-            job=job,
-            severity=severity,
+            *common,
+            AccessKind.CONNECT,
             dst_ip=_text(dst, "ip"),
             dst_host=_text(dst, "hostname"),
             dst_port=_int(dst.get("port")),
@@ -258,18 +236,8 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901,
     fraction = ext.get("fraction_read")
     seal = ext.get("seal")
     return Access(
-        uid=uid,
-        time=time,
-        host=host,
-        kind=kind,
-        user=user,
-        account=account,
-        program=program,
-        exe=exe,
-        parent_program=parent_program,
-        ssh_ip=ssh_ip,
-        job=job,
-        severity=severity,
+        *common,
+        kind,
         path=_text(target, "path") or "",
         size=_int(target.get("size")),
         bytes=(_int(ext.get("bytes_read")) or 0) + (_int(ext.get("mmap_bytes")) or 0),

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Final
 
 from detectors._text import who
 from detectors.access import AccessKind
-from detectors.finding import Finding
+from detectors.finding import Finding, finding_for
 from policies import matches
-from weightwarden.events import AnalyticType, Severity
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
@@ -92,19 +92,13 @@ class AuthorizationRules:
         else:
             return []
         return [
-            Finding(
+            finding_for(
+                access,
                 rule=rule,
                 name=name,
-                kind=AnalyticType.RULE,
-                entity=user,
-                time=access.time,
                 severity=Severity.HIGH,
                 score=85.0,
                 title=title,
                 reason=f"{reason} Asset {asset.name} ({asset.sensitivity}): {access.path}.",
-                evidence=(access.uid,),
-                host=access.host,
-                program=access.program,
-                path=access.path,
             )
         ]

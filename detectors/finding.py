@@ -15,10 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-if TYPE_CHECKING:
-    from weightwarden.events import AnalyticType, Contribution, Severity
+from weightwarden.events import AnalyticType
 
-__all__ = ["DAY_MS", "Finding", "day_of"]
+if TYPE_CHECKING:
+    from detectors.access import Access
+    from weightwarden.events import Contribution, Severity
+
+__all__ = ["DAY_MS", "Finding", "day_of", "finding_for"]
 
 DAY_MS: Final = 86_400_000
 
@@ -63,3 +66,32 @@ class Finding:
     host: str | None = None
     program: str | None = None
     path: str | None = None
+
+
+def finding_for(
+    access: Access,
+    *,
+    rule: str,
+    name: str,
+    severity: Severity,
+    score: float,
+    title: str,
+    reason: str,
+    kind: AnalyticType = AnalyticType.RULE,
+) -> Finding:
+    """A finding about one access: its user, time, host, program and file; its id as evidence."""
+    return Finding(
+        rule=rule,
+        name=name,
+        kind=kind,
+        entity=access.user,
+        time=access.time,
+        severity=severity,
+        score=score,
+        title=title,
+        reason=reason,
+        evidence=(access.uid,),
+        host=access.host,
+        program=access.program,
+        path=access.path,
+    )

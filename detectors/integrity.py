@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from detectors._text import who
-from detectors.finding import Finding
-from weightwarden.events import AnalyticType, Severity
+from detectors.finding import Finding, finding_for
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
@@ -43,20 +43,14 @@ class IntegrityRules:
         found = []
         if access.path and (access.canary or self._context.is_canary(access.path)):
             found.append(
-                Finding(
+                finding_for(
+                    access,
                     rule=CANARY_RULE,
                     name="canary touched",
-                    kind=AnalyticType.RULE,
-                    entity=access.user,
-                    time=access.time,
                     severity=Severity.CRITICAL,
                     score=100.0,
                     title=f"Canary {access.path} touched by {who(access)}",
                     reason=_CANARY_REASON,
-                    evidence=(access.uid,),
-                    host=access.host,
-                    program=access.program,
-                    path=access.path,
                 )
             )
         tampered = access.seal == "tampered" or (
@@ -64,20 +58,14 @@ class IntegrityRules:
         )
         if tampered:
             found.append(
-                Finding(
+                finding_for(
+                    access,
                     rule=SEAL_RULE,
                     name="seal violated",
-                    kind=AnalyticType.RULE,
-                    entity=access.user,
-                    time=access.time,
                     severity=Severity.HIGH,
                     score=95.0,
                     title=f"Sealed weights {access.path} changed by {who(access)}",
                     reason=_SEAL_REASON,
-                    evidence=(access.uid,),
-                    host=access.host,
-                    program=access.program,
-                    path=access.path,
                 )
             )
         return found

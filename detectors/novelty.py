@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Final
 from detectors._text import who
 from detectors.access import AccessKind
 from detectors.context import host_class
-from detectors.finding import DAY_MS, Finding
+from detectors.finding import DAY_MS, finding_for
 from weightwarden.events import AnalyticType, Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
     from detectors.context import Context
+    from detectors.finding import Finding
 
 __all__ = ["FIRST_SEEN_RULE", "FirstSeenRule"]
 
@@ -99,12 +100,11 @@ class FirstSeenRule:
                 "asset": f"of {value}",
             }[kind]
             found.append(
-                Finding(
+                finding_for(
+                    access,
                     rule=FIRST_SEEN_RULE,
                     name=f"first-seen {kind}",
                     kind=AnalyticType.BEHAVIORAL,
-                    entity=user,
-                    time=access.time,
                     severity=Severity.MEDIUM if rarity >= 0.9 else Severity.LOW,  # noqa: PLR2004 -- nine in ten peers never did
                     score=score,
                     title=f"{who(access)}: first read of weights {what}",
@@ -114,10 +114,6 @@ class FirstSeenRule:
                         total=total,
                         anywhere=", and nobody else in the record" if unheard else "",
                     ),
-                    evidence=(access.uid,),
-                    host=access.host,
-                    program=access.program,
-                    path=access.path,
                 )
             )
         return found

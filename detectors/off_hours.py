@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Final
 
 from detectors._text import who
 from detectors.access import AccessKind
-from detectors.finding import DAY_MS, Finding
-from weightwarden.events import AnalyticType, Severity
+from detectors.finding import DAY_MS, Finding, finding_for
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
@@ -69,12 +69,10 @@ class OffHoursRule:
             return []
         hours = team.hours
         return [
-            Finding(
+            finding_for(
+                access,
                 rule=OFF_HOURS_RULE,
                 name="off-hours access",
-                kind=AnalyticType.RULE,
-                entity=access.user,
-                time=access.time,
                 severity=Severity.LOW,
                 score=10.0,
                 title=f"{who(access)} read weights outside {team.name}'s hours",
@@ -82,9 +80,5 @@ class OffHoursRule:
                     f"Team {team.name} works {', '.join(hours.days)} {hours.start}-{hours.end} "
                     f"(UTC{hours.utc_offset_minutes / 60:+g}h); this read was outside them."
                 ),
-                evidence=(access.uid,),
-                host=access.host,
-                program=access.program,
-                path=access.path,
             )
         ]

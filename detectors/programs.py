@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from detectors._text import who
-from detectors.finding import Finding
-from weightwarden.events import AnalyticType, Severity
+from detectors.finding import Finding, finding_for
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
@@ -42,19 +42,13 @@ class ProgramRule:
         if not access.path or not self._context.is_weights(access.path):
             return []
         return [
-            Finding(
+            finding_for(
+                access,
                 rule=DROPPED_PROGRAM_RULE,
                 name="dropped program",
-                kind=AnalyticType.RULE,
-                entity=access.user,
-                time=access.time,
                 severity=Severity.HIGH,
                 score=75.0,
                 title=f"{who(access)} read {access.path} with {exe}",
                 reason=_REASON,
-                evidence=(access.uid,),
-                host=access.host,
-                program=access.program,
-                path=access.path,
             )
         ]

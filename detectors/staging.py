@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Final
 
 from detectors._text import who
 from detectors.access import AccessKind
-from detectors.finding import Finding
+from detectors.finding import finding_for
 from policies import Thresholds, matches
-from weightwarden.events import AnalyticType, Severity
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from detectors.access import Access
     from detectors.context import Context
+    from detectors.finding import Finding
 
 __all__ = ["COPY_RULE", "STAGING_RULE", "StagingRules"]
 
@@ -57,7 +58,7 @@ class StagingRules:
             removable = path.startswith(_REMOVABLE)
             what = f"a copy of {source}" if source else "a weights file"
             return [
-                self._finding(
+                finding_for(
                     access,
                     rule=STAGING_RULE,
                     name="weights staged",
@@ -72,7 +73,7 @@ class StagingRules:
         if self._context.approved_copy(source, path):
             return []
         return [
-            self._finding(
+            finding_for(
                 access,
                 rule=COPY_RULE,
                 name="weights copied outside approved roots",
@@ -82,30 +83,3 @@ class StagingRules:
                 reason=_COPY_REASON,
             )
         ]
-
-    @staticmethod
-    def _finding(
-        access: Access,
-        *,
-        rule: str,
-        name: str,
-        severity: Severity,
-        score: float,
-        title: str,
-        reason: str,
-    ) -> Finding:
-        return Finding(
-            rule=rule,
-            name=name,
-            kind=AnalyticType.RULE,
-            entity=access.user,
-            time=access.time,
-            severity=severity,
-            score=score,
-            title=title,
-            reason=reason,
-            evidence=(access.uid,),
-            host=access.host,
-            program=access.program,
-            path=access.path,
-        )

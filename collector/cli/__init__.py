@@ -1,20 +1,25 @@
 """``weightwarden collector ...`` and ``weightwarden alerts ...``, through entry points.
 
-pyproject.toml registers both in the ``weightwarden.commands`` group::
+pyproject.toml registers them in the ``weightwarden.commands`` group::
 
     collector = "collector.cli:register_collector"
     alerts = "collector.cli:register_alerts"
     policy = "collector.cli:register_policy"
     access = "collector.cli:register_access"
+    detect = "collector.cli:register_detect"
+    eval = "collector.cli:register_eval"
+    simulate = "collector.cli:register_simulate"
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function. Every
-command takes ``--dir DIR`` (the collector directory: ``$WEIGHTWARDEN_COLLECTOR_DIR``, else
-``/var/lib/weightwarden/collector``) or ``--db URL``. Bad input is one line on stderr and
-exit 2; a bad configuration exits 78.
+Each top-level command's module is imported only when that command runs (``weightwarden
+seal`` stays lean). Each subcommand lives in its own module with a
+``register(subparsers)`` function. Collector commands take ``--dir DIR`` (the collector
+directory: ``$WEIGHTWARDEN_COLLECTOR_DIR``, else ``/var/lib/weightwarden/collector``) or
+``--db URL``. Bad input is one line on stderr and exit 2; a bad configuration exits 78.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
@@ -51,43 +56,36 @@ def register_collector(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparse
         module.register(actions)
 
 
+def _register(module: str, sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
+    """Import ``collector.cli.<module>`` and let it add its command."""
+    importlib.import_module(f"collector.cli.{module}").register(sub)
+
+
 def register_alerts(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``alerts`` (list, show, ack, resolve) to the ``weightwarden`` parser."""
-    from collector.cli import _alerts  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _alerts.register(sub)
+    _register("_alerts", sub)
 
 
 def register_policy(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``policy`` (check) to the ``weightwarden`` parser."""
-    from collector.cli import _policy  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _policy.register(sub)
+    _register("_policy", sub)
 
 
 def register_access(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``access`` (grant, revoke, list) to the ``weightwarden`` parser."""
-    from collector.cli import _access  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _access.register(sub)
+    _register("_access", sub)
 
 
 def register_detect(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``detect`` to the ``weightwarden`` parser."""
-    from collector.cli import _detect  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _detect.register(sub)
+    _register("_detect", sub)
 
 
 def register_eval(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``eval`` to the ``weightwarden`` parser."""
-    from collector.cli import _eval  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _eval.register(sub)
+    _register("_eval", sub)
 
 
 def register_simulate(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
     """Add ``simulate`` (a labelled ML organisation as OCSF events) to the parser."""
-    from collector.cli import _simulate  # noqa: PLC0415 -- keep `weightwarden seal` lean
-
-    _simulate.register(sub)
+    _register("_simulate", sub)
