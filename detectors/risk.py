@@ -22,12 +22,15 @@ if TYPE_CHECKING:
 
     from weightwarden.events import Severity
 
-__all__ = ["MIN_ALERT_RISK", "DailyRisk", "per_day", "roll_up", "within_budget"]
+__all__ = ["MIN_ALERT_RISK", "REPEAT_DAYS", "DailyRisk", "per_day", "roll_up", "within_budget"]
 
 MIN_ALERT_RISK: Final = 40.0
 """An entity-day below this risk is never an alert, budget or not: weak signals alone (a read
 out of hours, a first read from a new GPU node) are context for a case, not a case."""
 _DECAY: Final = 0.5
+REPEAT_DAYS: Final = 6
+"""How long an alerted entity and leading rule stay an open case (see within_budget)."""
+_REPEAT_WEIGHT: Final = 0.5
 _MAX_EVIDENCE: Final = 500
 
 
@@ -106,11 +109,33 @@ def per_day(alerts_per_thousand: float, entities: int) -> int:
 def within_budget(
     risks: Iterable[DailyRisk], *, daily: int, minimum: float = MIN_ALERT_RISK
 ) -> list[DailyRisk]:
-    """The ``daily`` riskiest items of each day at or above ``minimum``, riskiest first."""
-    taken: dict[int, int] = {}
+    """The ``daily`` riskiest items of each day at or above ``minimum``, riskiest first.
+
+    Days are taken in order. An entity alerted in the :data:`REPEAT_DAYS` before for the
+    same leading rule is an open case, not a new one: its day ranks at half its risk, so
+    one ongoing incident does not take the budget from new ones every day (it still makes
+    the cut on a quiet day, and any new kind of evidence ranks in full).
+    """
+    by_day: dict[int, list[DailyRisk]] = {}
+    for risk in risks:
+        if risk.score >= minimum:
+            by_day.setdefault(risk.day, []).append(risk)
+    open_cases: dict[tuple[str, str], int] = {}
     kept = []
-    for risk in sorted(risks, key=lambda r: (-r.score, -r.severity, r.day, r.entity)):
-        if risk.score >= minimum and taken.get(risk.day, 0) < daily:
-            taken[risk.day] = taken.get(risk.day, 0) + 1
-            kept.append(risk)
+    for day in sorted(by_day):
+
+        def rank(risk: DailyRisk, day: int = day) -> tuple[float, int, str]:
+            since = open_cases.get((risk.entity, risk.findings[0].rule))
+            repeat = since is not None and day - since <= REPEAT_DAYS
+            return (
+                -(risk.score * _REPEAT_WEIGHT if repeat else risk.score),
+                -risk.severity,
+                risk.entity,
+            )
+
+        chosen = sorted(by_day[day], key=rank)[:daily]
+        for risk in chosen:
+            open_cases[risk.entity, risk.findings[0].rule] = day
+        kept.extend(chosen)
+    kept.sort(key=lambda r: (-r.score, -r.severity, r.day, r.entity))
     return kept
