@@ -78,24 +78,6 @@ _SELECT_ALERTS: Final = f"SELECT {_ALERTS} FROM alerts"  # noqa: S608
 _SELECT_EVENTS: Final = f"SELECT {_EVENTS} FROM"
 
 
-def _period(
-    agent_id: str | None, since: int | None, until: int | None
-) -> tuple[list[str], list[Any]]:
-    """WHERE conditions and parameters for an agent and a ``since <= time < until`` period."""
-    conditions: list[str] = []
-    params: list[Any] = []
-    if agent_id is not None:
-        conditions.append("agent_id = ?")
-        params.append(agent_id)
-    if since is not None:
-        conditions.append("time >= ?")
-        params.append(since)
-    if until is not None:
-        conditions.append("time < ?")
-        params.append(until)
-    return conditions, params
-
-
 _GRANTS: Final = "id, user_name, asset, approver, reason, created_at, expires_at, revoked_at"
 _SUPPRESSIONS: Final = (
     "id, rule, reason, user_glob, host_glob, program_glob, path_glob, expires_at, created_at,"
@@ -500,8 +482,7 @@ class SqlStore(Generic[C]):
         The iterator reads a page at a time as it is consumed; each page sees what was
         committed when it was read.
         """
-        conditions, params = _period(agent_id, since, until)
-        rows = self._rows(_EVENTS, conditions, params, limit, key=(7, 0, 1))
+        rows = self._rows(_EVENTS, agent_id, since, until, limit, key=(7, 0, 1))
         return (event_from_row(row) for row in rows)
 
     def payloads(self, *, since: int | None = None, until: int | None = None) -> Iterator[str]:
@@ -510,15 +491,15 @@ class SqlStore(Generic[C]):
         In (time, agent, seq) order: what detection reads, without a :class:`StoredEvent`
         per row.
         """
-        conditions, params = _period(None, since, until)
-        rows = self._rows("time, agent_id, seq, payload", conditions, params, None, key=(0, 1, 2))
+        rows = self._rows("time, agent_id, seq, payload", None, since, until, None, key=(0, 1, 2))
         return (row[3] for row in rows)
 
     def _rows(
         self,
         columns: str,
-        conditions: list[str],
-        params: list[Any],
+        agent_id: str | None,
+        since: int | None,
+        until: int | None,
         limit: int | None,
         *,
         key: tuple[int, int, int],
@@ -526,17 +507,31 @@ class SqlStore(Generic[C]):
         """Rows of ``events`` by (time, agent_id, seq), a page at a time.
 
         ``columns`` is one of this module's constant column lists (never input); ``key``
-        gives the positions of time, agent_id and seq among them.
+        gives the positions of time, agent_id and seq among them. After the first page the
+        lower bound is the last row's (time, agent_id, seq) alone: with ``time >= since``
+        beside it the planner seeks from ``since`` on every page, and reading a period
+        costs the square of its length.
         """
+        fixed: list[str] = []
+        fixed_params: list[Any] = []
+        if agent_id is not None:
+            fixed.append("agent_id = ?")
+            fixed_params.append(agent_id)
+        if until is not None:
+            fixed.append("time < ?")
+            fixed_params.append(until)
         remaining = limit
         after: tuple[int, str, int] | None = None
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            where = list(conditions)
-            args = list(params)
+            where = list(fixed)
+            args = list(fixed_params)
             if after is not None:
                 where.append("(time, agent_id, seq) > (?, ?, ?)")
                 args.extend(after)
+            elif since is not None:
+                where.append("time >= ?")
+                args.append(since)
             sql = self._q(
                 f"SELECT {columns} FROM {self._events_source}"  # noqa: S608 -- constants and ? only
                 + (f" WHERE {' AND '.join(where)}" if where else "")
