@@ -9,8 +9,9 @@ signals of one rule and one :attr:`Signal.group` from one batch into a single al
 rule                severity  fires on
 ==================  ========  =====================================================
 canary touch        CRITICAL  a File System Activity on a canary (honeypot) file
-seal tampered       HIGH      a file whose content no longer matches its seal, or a
-                              seal re-verification that failed (reported HIGH)
+seal tampered       CRITICAL  a file whose content no longer matches its seal (the
+                    HIGH      sealed weights were rewritten); HIGH for a seal
+                              re-verification that failed (reported HIGH)
 weights copied      HIGH      a file written outside the weights whose content is a
                     CRITICAL  sealed file's; CRITICAL when the agent rated the copy
                               CRITICAL (a removable-media destination)
@@ -159,7 +160,7 @@ def canary_touch(event: Event) -> Signal | None:
 
 
 def seal_tampered(event: Event) -> Signal | None:
-    """A sealed file changed (HIGH), or a re-verification the agent reported HIGH failed."""
+    """A sealed file changed (CRITICAL), or a re-verification reported HIGH failed (HIGH)."""
     if not isinstance(event, FileActivity) or event.seal is None:
         return None
     seal = event.seal
@@ -170,15 +171,17 @@ def seal_tampered(event: Event) -> Signal | None:
             f"on {_host(event.device)}"
         )
         reason = _TAMPER_REASON
+        severity = Severity.CRITICAL
     elif seal.status is SealStatus.UNVERIFIED and Severity.HIGH <= event.severity <= Severity.FATAL:
         title = f"Seal re-verification failed: {event.file.path} on {_host(event.device)}"
         reason = _UNVERIFIED_REASON
+        severity = Severity.HIGH
     else:
         return None
     return Signal(
         rule=SEAL_RULE,
         name="seal tampered",
-        severity=Severity.HIGH,
+        severity=severity,
         title=title,
         description=(
             f"{event.file.path} on {_host(event.device)}: seal {seal.status.value}{detail}; "

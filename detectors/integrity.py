@@ -33,7 +33,7 @@ _UNVERIFIED_SEVERITY: Final = Severity.HIGH
 
 
 class IntegrityRules:
-    """Canary touch (CRITICAL, 100) and seal violation (HIGH, 95)."""
+    """Canary touch (CRITICAL, 100); sealed weights changed (CRITICAL, 100; unverified HIGH)."""
 
     def __init__(self, context: Context) -> None:
         self._context = context
@@ -62,8 +62,8 @@ class IntegrityRules:
                     access,
                     rule=SEAL_RULE,
                     name="seal violated",
-                    severity=Severity.HIGH,
-                    score=95.0,
+                    severity=Severity.CRITICAL if access.seal == "tampered" else Severity.HIGH,
+                    score=100.0 if access.seal == "tampered" else 90.0,
                     title=f"Sealed weights {access.path} changed by {who(access)}",
                     reason=_SEAL_REASON,
                 )

@@ -16,11 +16,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from detectors.finding import Finding, day_of
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-
-    from weightwarden.events import Severity
 
 __all__ = ["MIN_ALERT_RISK", "REPEAT_DAYS", "DailyRisk", "per_day", "roll_up", "within_budget"]
 
@@ -111,7 +110,9 @@ def within_budget(
 ) -> list[DailyRisk]:
     """The ``daily`` riskiest items of each day at or above ``minimum``, riskiest first.
 
-    Days are taken in order. An entity alerted in the :data:`REPEAT_DAYS` before for the
+    CRITICAL items (a canary touched, sealed weights changed, weights on removable media)
+    come first whatever their score: each is an intrusion on its own. Days are taken in
+    order. An entity alerted in the :data:`REPEAT_DAYS` before for the
     same leading rule is an open case, not a new one: its day ranks at half its risk, so
     one ongoing incident does not take the budget from new ones every day (it still makes
     the cut on a quiet day, and any new kind of evidence ranks in full).
@@ -124,14 +125,11 @@ def within_budget(
     kept = []
     for day in sorted(by_day):
 
-        def rank(risk: DailyRisk, day: int = day) -> tuple[float, int, str]:
+        def rank(risk: DailyRisk, day: int = day) -> tuple[bool, float, int, str]:
             since = open_cases.get((risk.entity, risk.findings[0].rule))
             repeat = since is not None and day - since <= REPEAT_DAYS
-            return (
-                -(risk.score * _REPEAT_WEIGHT if repeat else risk.score),
-                -risk.severity,
-                risk.entity,
-            )
+            score = risk.score * _REPEAT_WEIGHT if repeat else risk.score
+            return (risk.severity < Severity.CRITICAL, -score, -risk.severity, risk.entity)
 
         chosen = sorted(by_day[day], key=rank)[:daily]
         for risk in chosen:

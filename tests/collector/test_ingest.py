@@ -422,7 +422,7 @@ def test_tamper_copy_and_health_events_raise_their_alerts(store, enrolled, clock
     for alert in store.alerts():
         by_rule.setdefault(alert.rule, []).append(alert)
     [tamper] = by_rule["weightwarden.rule.seal_tampered"]
-    assert tamper.severity_id == Severity.HIGH
+    assert tamper.severity_id == Severity.CRITICAL
     assert tamper.evidence == (events[0].uid, events[1].uid)
     assert "(+1 more events)" in tamper.title
     copies = sorted(by_rule["weightwarden.rule.weights_copied"], key=lambda a: a.severity_id)

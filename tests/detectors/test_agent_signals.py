@@ -75,10 +75,10 @@ def test_a_canary_touch_is_critical_and_names_who_and_where():
 
 
 def test_a_tampered_seal_is_high_and_grouped_by_seal():
-    """Tampered content is HIGH; events of one seal share a group."""
+    """Tampered content is CRITICAL; events of one seal share a group."""
     event = opened(seal=SealInfo(status=SealStatus.TAMPERED, seal_uid="root", detail="modified"))
     [signal] = signals(event)
-    assert (signal.rule, signal.severity, signal.group) == (SEAL_RULE, Severity.HIGH, "root")
+    assert (signal.rule, signal.severity, signal.group) == (SEAL_RULE, Severity.CRITICAL, "root")
     assert "modified" in signal.description
 
 

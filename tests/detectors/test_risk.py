@@ -7,14 +7,16 @@ from detectors.risk import MIN_ALERT_RISK, per_day, roll_up, within_budget
 from weightwarden.events import AnalyticType, Severity
 
 
-def finding(entity: str, day: int, rule: str, score: float, uid: str) -> Finding:
+def finding(
+    entity: str, day: int, rule: str, score: float, uid: str, severity: Severity | None = None
+) -> Finding:
     return Finding(
         rule=rule,
         name=rule,
         kind=AnalyticType.RULE,
         entity=entity,
         time=day * DAY_MS + 1000,
-        severity=Severity.HIGH if score >= 80 else Severity.LOW,
+        severity=severity or (Severity.HIGH if score >= 80 else Severity.LOW),
         score=score,
         title=f"{rule} by {entity}",
         reason="because",
@@ -81,3 +83,11 @@ def test_a_budget_per_thousand_entities_rounds_and_is_at_least_one_a_day():
     assert per_day(5, 1097) == 5
     assert per_day(10, 1097) == 11
     assert per_day(5, 40) == 1
+
+
+def test_a_critical_day_takes_the_budget_before_a_riskier_high_one():
+    """A canary touch (CRITICAL, 100) goes before a day of several HIGH signals (140)."""
+    canary = finding("ann", 10, "canary", 100, "e1", Severity.CRITICAL)
+    risks = roll_up([canary, finding("bob", 10, "a", 90, "e2"), finding("bob", 10, "b", 100, "e3")])
+    assert [r.entity for r in risks] == ["bob", "ann"]
+    assert [r.entity for r in within_budget(risks, daily=1)] == ["ann"]
