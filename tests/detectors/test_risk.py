@@ -8,7 +8,7 @@ from weightwarden.events import AnalyticType, Severity
 
 
 def finding(
-    entity: str, day: int, rule: str, score: float, uid: str, severity: Severity | None = None
+    entity: str, day: int, rule: str, score: float, uid: str, *, severity: Severity | None = None
 ) -> Finding:
     return Finding(
         rule=rule,
@@ -87,7 +87,7 @@ def test_a_budget_per_thousand_entities_rounds_and_is_at_least_one_a_day():
 
 def test_a_critical_day_takes_the_budget_before_a_riskier_high_one():
     """A canary touch (CRITICAL, 100) goes before a day of several HIGH signals (140)."""
-    canary = finding("ann", 10, "canary", 100, "e1", Severity.CRITICAL)
+    canary = finding("ann", 10, "canary", 100, "e1", severity=Severity.CRITICAL)
     risks = roll_up([canary, finding("bob", 10, "a", 90, "e2"), finding("bob", 10, "b", 100, "e3")])
     assert [r.entity for r in risks] == ["bob", "ann"]
     assert [r.entity for r in within_budget(risks, daily=1)] == ["ann"]
