@@ -20,6 +20,7 @@ listens, passes SIGTERM and SIGINT on, and if a worker dies it stops the others 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -214,6 +215,18 @@ def _serve_until_signalled(server: CollectorServer, *, notify: bool = True) -> N
             signal.signal(sig, handler)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (a SIGKILLed parent leaves no orphans)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: systemd's control group stops them
+        return
+
+
 class _Workers:
     """The parent of ``--workers N``: fork, wait until all listen, pass signals on, reap."""
 
@@ -263,6 +276,7 @@ class _Workers:
     def _fork(self, index: int, ready_r: int, ready_w: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             self._pids[pid] = index
@@ -272,6 +286,10 @@ class _Workers:
             os.close(ready_r)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            _stop_with_parent()
+            if os.getppid() != parent:  # the parent died before the line above
+                code = 0
+                return
             server = self._serve(self._sock)
             try:
                 os.write(ready_w, b"r")

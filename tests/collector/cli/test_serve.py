@@ -8,11 +8,13 @@ record back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -278,6 +280,23 @@ def test_a_worker_that_dies_takes_the_service_down_with_exit_70(workers):
     workers.close()
     assert any(line.get("event") == "collector worker exited" for line in workers.lines)
     assert not any(Path(f"/proc/{pid}").exists() for pid in others)  # stopped and reaped
+
+
+def test_workers_of_a_killed_parent_stop_too(workers):
+    """SIGKILL of the parent (a systemd stop timeout) leaves no worker serving on its own."""
+    children = _children(workers.proc.pid)
+    assert len(children) == 3
+    workers.proc.kill()
+    workers.proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        for pid in children:  # reparented to us or to init; reap what we can
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    states = [Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in alive]
+    assert all(state == "Z" for state in states), states  # exited, waiting to be reaped
 
 
 def test_workers_must_be_at_least_one(collector_dir, ww):
