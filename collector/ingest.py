@@ -24,9 +24,18 @@
    409. A **gap** does not stop monitoring: the events are stored and the head advances,
    and a copy of the batch is quarantined as evidence beside a gap alert.
 8. **Store** (:meth:`Store.ingest`): events with index columns read from each payload by
-   one ``json.loads`` (no full decode: this is the hot path), alerts derived by
+   a scan of the canonical layout (``json.loads`` for any other layout), alerts derived by
    :mod:`collector.alerts`, the nonce and the new head, in one transaction. A head that
    moved meanwhile (another worker) is re-read and the batch re-checked.
+
+**The hot path.** Most batches are one clean stretch of chain right after the stored
+head. Those never become an object per event: :mod:`collector.verified_batch` verifies the
+signature, then reads the batch into columns and checks every payload hash, link hash and
+link on the frame's bytes in one pass, and steps 4 to 8 hand the store
+:class:`~collector.store.EventColumns`. Any other batch (duplicates, a gap, a fork, a
+replay, a broken link, an unreadable event, a malformed batch) takes the steps above with
+:func:`~weightwarden.batch.open_batch` and :func:`~weightwarden.crypto.chain.verify_chain`,
+so every integrity rule is decided in one place.
 
 A gap, fork or replay is data: an :class:`~collector.store.Alert` and a
 :class:`~collector.store.QuarantinedBatch`, never an exception. Exceptions from the store
