@@ -127,12 +127,13 @@ def _run_rules(
     integrity = IntegrityRules(context)
     egress = EgressRule(context, links)
     staging = StagingRules(context)
+    first_seen = FirstSeenRule(context)
     per_session = (
         AuthorizationRules(context),
         ProgramRule(context),
         BulkReadRule(context, asset_bytes(context, accesses)),
         OffHoursRule(context),
-        FirstSeenRule(context),
+        first_seen,
     )
     by_kind: dict[AccessKind, tuple[Rule, ...]] = {
         AccessKind.READ: (integrity,),
@@ -145,6 +146,7 @@ def _run_rules(
     entities: set[str] = set()
     for access in accesses:
         entities.add(access.user)
+        first_seen.appear(access.user, access.time)
         if access.kind is AccessKind.READ:
             links.observe(access)
         features(access)
