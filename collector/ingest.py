@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -349,10 +348,7 @@ def _envelope(body: bytes, max_body_bytes: int) -> SignedBatch:
     """
     if len(body) > max_body_bytes:
         raise BatchError(f"body of {len(body)} bytes; the limit is {max_body_bytes}", status=413)
-    try:
-        signed = read_envelope(body)
-    except struct.error:  # a signed part too short to hold the agent id's length
-        raise BatchError("batch body is truncated (the signed part ends in its header)") from None
+    signed = read_envelope(body)
     if not _text_ok(signed.agent_id):
         raise BatchError("batch envelope: agent_id is not valid text")
     return signed

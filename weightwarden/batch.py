@@ -186,6 +186,8 @@ def read_envelope(body: bytes) -> SignedBatch:
         raise BatchError("batch body is truncated (the signed part or signature is missing)")
     if not signed.startswith(MAGIC):
         raise BatchError(f"not a weightwarden batch (expected {MAGIC.decode()} framing)")
+    if len(signed) < len(MAGIC) + _U16.size:
+        raise BatchError("batch signed part ends before its agent id")
     (agent_len,) = _U16.unpack_from(signed, len(MAGIC))
     start = len(MAGIC) + _U16.size
     raw_agent = signed[start : start + agent_len]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightwarden.batch import BatchError, new_batch, open_batch, read_envelope, seal_batch
+from weightwarden.batch import MAGIC, BatchError, new_batch, open_batch, read_envelope, seal_batch
 from weightwarden.crypto.chain import next_link
 from weightwarden.crypto.keys import generate_key
 
@@ -86,3 +86,10 @@ def test_garbage_is_a_400(garbage):
     """Random bytes never pass the envelope, and never raise anything but BatchError."""
     with pytest.raises(BatchError):
         open_batch(read_envelope(garbage), lambda _a: KEY.public, max_events=10)
+
+
+def test_a_signed_part_that_ends_after_the_magic_is_a_400():
+    """Framing that holds the magic and nothing else is refused, not a struct error."""
+    body = len(MAGIC).to_bytes(4, "big") + MAGIC + b"signature"
+    with pytest.raises(BatchError, match="ends before its agent id"):
+        read_envelope(body)
