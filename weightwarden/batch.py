@@ -187,7 +187,7 @@ def read_envelope(body: bytes) -> SignedBatch:
     if not signed.startswith(MAGIC):
         raise BatchError(f"not a weightwarden batch (expected {MAGIC.decode()} framing)")
     if len(signed) < len(MAGIC) + _U16.size:
-        raise BatchError("batch signed part ends before its agent id")
+        raise BatchError("batch body is truncated (the signed part ends in its header)")
     (agent_len,) = _U16.unpack_from(signed, len(MAGIC))
     start = len(MAGIC) + _U16.size
     raw_agent = signed[start : start + agent_len]

@@ -91,5 +91,5 @@ def test_garbage_is_a_400(garbage):
 def test_a_signed_part_that_ends_after_the_magic_is_a_400():
     """Framing that holds the magic and nothing else is refused, not a struct error."""
     body = len(MAGIC).to_bytes(4, "big") + MAGIC + b"signature"
-    with pytest.raises(BatchError, match="ends before its agent id"):
+    with pytest.raises(BatchError, match="the signed part ends in its header"):
         read_envelope(body)
