@@ -19,19 +19,18 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from collector.cli._common import now_ms
 from collector.cli._detect import add_judging_options, policy_or_none
+from collector.cli._transfer import decoded_lines, import_events
 from collector.detection import accesses_from_lines, paused_gc, run_detection
 from collector.evaluation import Evaluation, evaluate, parse_labels
 from collector.policy_file import load_policy
 from detectors.context import Context
 from detectors.engine import detect
-from weightwarden.errors import EventFormatError, UsageError
-from weightwarden.events import canonical_bytes, from_json_line
+from weightwarden.errors import UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -42,15 +41,6 @@ if TYPE_CHECKING:
     from policies import Policy
 
 __all__ = ["register"]
-
-_CHUNK: Final = 5000
-_CLASS_UIDS: Final = {
-    "FileActivity": 1001,
-    "ProcessActivity": 1007,
-    "NetworkActivity": 4001,
-    "ComplianceFinding": 2003,
-    "DetectionFinding": 2004,
-}
 
 
 def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action is private
@@ -97,16 +87,6 @@ def _stream(path: Path) -> Iterator[bytes]:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    try:
-        with path.open("rb") as stream:
-            for number, line in enumerate(stream, start=1):
-                if line.strip():
-                    yield number, line
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
 def _policy(args: argparse.Namespace, labels: Labels) -> Policy | None:
     if args.no_policy or args.policy is not None or labels.policy is None:
         if not args.no_policy and args.policy is None:
@@ -128,37 +108,11 @@ def _from_file(args: argparse.Namespace, labels: Labels, policy: Policy | None) 
 
 
 def _from_store(args: argparse.Namespace, labels: Labels, policy: Policy | None) -> Detection:
-    from collector.store import StoredEvent, open_store  # noqa: PLC0415 -- only with --db
+    from collector.store import open_store  # noqa: PLC0415 -- only with --db
 
     store = open_store(args.db)
-    source = f"import:{args.events.name}"
     try:
-        lines = _lines(args.events)
-        while chunk := list(islice(lines, _CHUNK)):
-            stored = []
-            now = now_ms()
-            for number, line in chunk:
-                try:
-                    event = from_json_line(line)
-                except EventFormatError as exc:
-                    raise UsageError(f"{args.events}:{number}: {exc}") from None
-                stored.append(
-                    StoredEvent(
-                        agent_id=source,
-                        seq=0,
-                        payload=canonical_bytes(event).decode("utf-8"),
-                        prev_hash="",
-                        payload_hash="",
-                        link_hash="",
-                        uid=event.uid,
-                        time=event.time,
-                        class_uid=_CLASS_UIDS[type(event).__name__],
-                        activity_id=int(event.activity),
-                        severity_id=int(event.severity),
-                        received_at=now,
-                    )
-                )
-            store.import_events(stored, ())
+        import_events(store, decoded_lines(str(args.events)), f"import:{args.events.name}")
         start = labels.start if labels.start is not None else 0
         end = labels.end + 1 if labels.end is not None else now_ms()
         run = run_detection(

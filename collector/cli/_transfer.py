@@ -40,12 +40,12 @@ from weightwarden.events import (
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from collector.store import Store
     from weightwarden.events import Event
 
-__all__ = ["export_line", "register"]
+__all__ = ["decoded_lines", "export_line", "import_events", "register"]
 
 _CHUNK: Final = 5000
 _MAX_LINE: Final = 1 << 20
@@ -147,6 +147,32 @@ def _stored(event: Event, source: str, received_at: int) -> StoredEvent:
     )
 
 
+def import_events(store: Store, events: Iterable[Event], source: str) -> tuple[int, int, int]:
+    """Store ``events`` as ``source`` (``import:NAME``) with the alerts the rules raise.
+
+    Returns:
+        How many events were read, how many were new, and how many alerts were raised.
+    """
+    seen = new = alerts = 0
+    stream = iter(events)
+    while chunk := list(islice(stream, _CHUNK)):
+        now = now_ms()
+        found = alerts_for_events(chunk, agent_id=source, now=now)
+        new += store.import_events([_stored(e, source, now) for e in chunk], found)
+        seen += len(chunk)
+        alerts += len(found)
+    return seen, new, alerts
+
+
+def decoded_lines(name: str) -> Iterator[Event]:
+    """The events of an OCSF JSON-lines file (``-`` for stdin), decoded one by one.
+
+    Raises:
+        UsageError: The file cannot be read, or a line is not an event (naming the line).
+    """
+    return _decode(name)
+
+
 def _run_import(args: argparse.Namespace) -> int:
     name = args.file
     if name == "-" and not args.source:
@@ -159,14 +185,8 @@ def _run_import(args: argparse.Namespace) -> int:
             pass
         events = _decode(name)
     store = open_from_args(args)
-    seen = new = alerts = 0
     try:
-        while chunk := list(islice(events, _CHUNK)):
-            now = now_ms()
-            found = alerts_for_events(chunk, agent_id=source, now=now)
-            new += store.import_events([_stored(e, source, now) for e in chunk], found)
-            seen += len(chunk)
-            alerts += len(found)
+        seen, new, alerts = import_events(store, events, source)
     finally:
         store.close()
     print(

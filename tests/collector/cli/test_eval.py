@@ -113,3 +113,14 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(simulated,
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 141
     assert stderr == b""
+
+
+def test_eval_through_a_store_finds_what_it_finds_from_the_file(simulated, tmp_path, ww):
+    """--db imports the events first and detects from the store: the same incidents caught."""
+    args = ["--events", simulated / "events.jsonl", "--labels", simulated / "labels.json", "--json"]
+    direct = json.loads(ww("eval", *args).stdout)
+    run = ww("eval", *args, "--db", tmp_path / "eval.sqlite")
+    assert run.code == 0, run.stderr
+    stored = json.loads(run.stdout)
+    assert stored["events"] == direct["events"]
+    assert stored["budgets"] == direct["budgets"]
