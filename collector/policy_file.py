@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from policies import parse_policy
-from weightwarden.errors import ConfigError
+from weightwarden.config import read_text
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,22 +29,10 @@ def load_policy(path: Path) -> Policy:
             valid policy (see :func:`policies.parse_policy`); the message starts with the
             path.
     """
+    text = read_text(
+        path,
+        what="policy file",
+        missing="write one (see policies/examples/) or pass another --policy",
+    )
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{source}: policy file not found; check the path, or write one (the package "
-            "ships examples in policies/examples/)"
-        ) from exc
-    except IsADirectoryError as exc:
-        raise ConfigError(f"{source}: cannot read the policy file: it is a directory") from exc
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the policy file: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{source}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
-        ) from exc
     return parse_policy(text, source)

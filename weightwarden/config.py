@@ -67,6 +67,7 @@ __all__ = [
     "parse_duration",
     "parse_since",
     "parse_toml",
+    "read_text",
 ]
 
 T = TypeVar("T", bound="DataclassInstance")
@@ -149,23 +150,36 @@ def load_config(path: Path, schema: type[T]) -> T:
         TypeError: ``schema`` is not a dataclass or uses a field type this loader lacks.
     """
     source = str(path)
+    text = read_text(path, what="config file", missing="create it or pass another path")
+    return parse_toml(text, schema, source)
+
+
+def read_text(path: Path, *, what: str, missing: str) -> str:
+    """The UTF-8 text of a configuration-like file, or one ConfigError line naming it.
+
+    Args:
+        path: The file.
+        what: What it is, for messages (``"policy file"``).
+        missing: What to do when it does not exist (``"create it or pass another path"``).
+
+    Raises:
+        ConfigError: Missing, a directory, unreadable, or not UTF-8.
+    """
+    source = str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{source}: config file not found; create it or pass another path"
-        ) from exc
+        raise ConfigError(f"{source}: {what} not found; {missing}") from exc
     except IsADirectoryError as exc:
-        raise ConfigError(f"{source}: cannot read config file: it is a directory") from exc
+        raise ConfigError(f"{source}: cannot read the {what}: it is a directory") from exc
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{source}: cannot read the {what}: {exc.strerror or exc}") from exc
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{source}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
         ) from exc
-    return parse_toml(text, schema, source)
 
 
 def parse_toml(text: str, schema: type[T], source: str = "<string>") -> T:

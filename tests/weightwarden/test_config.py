@@ -318,7 +318,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_directory_is_an_unreadable_config_error(tmp_path: Path) -> None:
     """A directory where the file should be is unreadable, not a crash."""
-    with pytest.raises(ConfigError, match=r"cannot read config file: it is a directory"):
+    with pytest.raises(ConfigError, match=r"cannot read the config file: it is a directory"):
         load_config(tmp_path, AgentFile)
 
 
@@ -327,7 +327,7 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     """A file without read permission gives a ConfigError naming it."""
     path = _write(tmp_path, FULL)
     path.chmod(0)
-    with pytest.raises(ConfigError, match="cannot read config file: Permission denied"):
+    with pytest.raises(ConfigError, match="cannot read the config file: Permission denied"):
         load_config(path, AgentFile)
 
 
@@ -391,7 +391,7 @@ def test_parse_duration_rejects_other_text(text: str) -> None:
 def test_path_through_a_file_is_an_unreadable_config_error(tmp_path: Path) -> None:
     """A path whose parent is a file cannot be read; the OS reason is given."""
     parent = _write(tmp_path, FULL)
-    with pytest.raises(ConfigError, match="cannot read config file: Not a directory"):
+    with pytest.raises(ConfigError, match="cannot read the config file: Not a directory"):
         load_config(parent / "agent.toml", AgentFile)
 
 
