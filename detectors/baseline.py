@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from detectors.features import FEATURES
+from detectors.features import FEATURES, rising_features
 from detectors.finding import Finding
-from weightwarden.events import AnalyticType, Contribution, Severity
+from weightwarden.events import AnalyticType, Severity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -162,19 +162,7 @@ def _entity_findings(
         top = float(z.max())
         if top < threshold:
             continue
-        order = np.argsort(-z)[:_TOP]
-        contributions = tuple(
-            Contribution(
-                feature=FEATURES[i],
-                actual=float(row.values[i]),
-                typical=round(float(typical[i]), 3),
-            )
-            for i in order
-            if z[i] > 0
-        )
-        named = ", ".join(
-            f"{c.feature} {c.actual:g} (typical {c.typical:g})" for c in contributions
-        )
+        contributions, named = rising_features(row, z, typical, _TOP)
         score = float(min(60.0, 15.0 + 9.0 * (top - threshold)))
         found.append(
             Finding(
@@ -187,8 +175,9 @@ def _entity_findings(
                 score=score,
                 title=f"{row.entity}: unusual day ({named})",
                 reason=(
-                    "The day lies far above both the user's own recent days and the peers in "
-                    f"the same role (largest robust z-score {top:.1f}): {named}."
+                    "The day lies far above the user's own recent days and same weekdays, the "
+                    "peers in the same role and everyone (smallest of the robust z-scores, "
+                    f"largest feature: {top:.1f}): {named}."
                 ),
                 contributions=contributions,
                 evidence=row.evidence,

@@ -15,6 +15,7 @@ import numpy as np
 
 from detectors.access import AccessKind
 from detectors.finding import DAY_MS, day_of
+from weightwarden.events import Contribution
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from detectors.context import Context
     from detectors.links import ReadLinks
 
-__all__ = ["FEATURES", "DayFeatures", "DayRow"]
+__all__ = ["FEATURES", "DayFeatures", "DayRow", "rising_features"]
 
 FEATURES: Final = (
     "reads",
@@ -192,3 +193,25 @@ class DayFeatures:
                     )
                 )
         return rows
+
+
+def rising_features(
+    row: DayRow, z: NDArray[np.float64], typical: NDArray[np.float64], top: int = 3
+) -> tuple[tuple[Contribution, ...], str]:
+    """The ``top`` features furthest above typical (z > 0) and a phrase naming them.
+
+    Returns:
+        The contributions (actual and typical values in the features' own units), and
+        ``"files 62 (typical 3), reads 40 (typical 5)"`` for titles and reasons.
+    """
+    order = [i for i in np.argsort(-z)[:top] if z[i] > 0]
+    contributions = tuple(
+        Contribution(
+            feature=FEATURES[i],
+            actual=float(row.values[i]),
+            typical=round(float(typical[i]), 3),
+        )
+        for i in order
+    )
+    named = ", ".join(f"{c.feature} {c.actual:g} (typical {c.typical:g})" for c in contributions)
+    return contributions, named

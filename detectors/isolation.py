@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from detectors.features import FEATURES
+from detectors.features import rising_features
 from detectors.finding import Finding
-from weightwarden.events import AnalyticType, Contribution, Severity
+from weightwarden.events import AnalyticType, Severity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -64,18 +64,7 @@ def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> li
             z = (block[position] - median) / spread
             if float(z.max()) < _MIN_RISE:
                 continue  # isolated by being quiet: a day off is no risk
-            order = [i for i in np.argsort(-z)[:_TOP] if z[i] > 0]
-            contributions = tuple(
-                Contribution(
-                    feature=FEATURES[i],
-                    actual=float(row.values[i]),
-                    typical=round(float(np.expm1(median[i])), 3),
-                )
-                for i in order
-            )
-            named = ", ".join(
-                f"{c.feature} {c.actual:g} (typical {c.typical:g})" for c in contributions
-            )
+            contributions, named = rising_features(row, z, np.expm1(median), _TOP)
             strength = (float(anomaly[position]) - cut) / max(peak - cut, 1e-9)
             found.append(
                 Finding(
