@@ -10,9 +10,9 @@ For each seed (none of which the test suite uses):
    10 alerts a day per 1,000 entities (same day, within 7 days), precision and AUC-PR.
 
 With ``--store``, the first seed's events are also imported into a fresh SQLite collector
-(``weightwarden collector import``) and ``weightwarden detect`` runs over the whole period
-from the store, the path a deployment takes; both are timed end to end (process start-up
-included).
+(``weightwarden collector import``, with the organisation's grants stored beside them) and
+``weightwarden detect`` runs over the whole period from the store, the path a deployment
+takes; both are timed end to end (process start-up included).
 
 The totals line adds up incidents over all seeds, against the issue's targets: same-day
 recall 100 % for canary, tamper and unapproved access; >= 95 % same-day for loud
@@ -120,6 +120,34 @@ def totals(results: list[dict[str, object]]) -> None:
         print(line)
 
 
+def keep_grants(collector: Path, labels: dict[str, object]) -> None:
+    """Store the organisation's grants (the labels list them) in the collector.
+
+    As the collector would keep them had they been made with ``weightwarden access grant``
+    at the time.
+    """
+    from collector.config import load_settings  # noqa: PLC0415 -- the benchmark's own setup
+    from collector.store import open_store  # noqa: PLC0415
+    from policies import Grant  # noqa: PLC0415
+
+    store = open_store(load_settings(collector).db)
+    try:
+        for index, item in enumerate(labels.get("grants") or []):  # type: ignore[attr-defined]
+            store.add_grant(
+                Grant(
+                    id=item.get("id") or f"label-grant-{index}",
+                    user=item["user"],
+                    asset=item["asset"],
+                    approver=item["approver"],
+                    reason=item.get("reason") or "simulated",
+                    created_at=item["created_at"],
+                    until=item["until"],
+                )
+            )
+    finally:
+        store.close()
+
+
 def store_path(directory: Path, events: Path, labels: dict[str, object], policy: Path) -> None:
     """Import into a fresh SQLite collector and run ``detect`` over the period, timed."""
     collector = directory / "collector"
@@ -127,6 +155,7 @@ def store_path(directory: Path, events: Path, labels: dict[str, object], policy:
     started = time.perf_counter()
     weightwarden("collector", "import", events, "--format", "ocsf", "--dir", collector)
     imported = time.perf_counter() - started
+    keep_grants(collector, labels)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["start"]) / 1000))  # type: ignore[call-overload]
     until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["end"]) / 1000 + 1))  # type: ignore[call-overload]
     started = time.perf_counter()
