@@ -32,7 +32,7 @@ def load_policy(path: Path) -> Policy:
     text = read_text(
         path,
         what="policy file",
-        missing="write one (see policies/examples/) or pass another --policy",
+        missing="check the path, or write one (see policies/examples/)",
     )
     source = str(path)
     return parse_policy(text, source)

@@ -18,7 +18,11 @@ def who(access: Access) -> str:
 
 
 def mib(size: float) -> str:
-    """Bytes for people: ``512 MiB``, ``3.2 GiB``."""
+    """Bytes for people: ``3.2 GiB``, ``512 MiB``, ``106 KiB``, ``300 bytes``."""
     if size >= 1 << 30:
         return f"{size / (1 << 30):.1f} GiB"
-    return f"{size / (1 << 20):.0f} MiB"
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.0f} MiB"
+    if size >= 1 << 10:
+        return f"{size / (1 << 10):.0f} KiB"
+    return f"{size:.0f} bytes"

@@ -276,7 +276,9 @@ def _show_text(out: TextIO, alert: Alert, events: Sequence[StoredEvent]) -> None
             for item in finding.explanation.contributions
         )
     if finding is not None and finding.description:
-        out.write(f"  What:        {safe(finding.description)}\n")
+        first, *rest = finding.description.splitlines() or [""]
+        out.write(f"  What:        {safe(first)}\n")
+        out.writelines(f"               {safe(line)}\n" for line in rest)
     out.write(f"  Evidence:    {len(alert.evidence)} event(s), {len(events)} in the store\n")
     out.writelines(f"    {_event_summary(event)}\n" for event in events)
     missing = len(alert.evidence) - len(events)
@@ -307,7 +309,12 @@ def _event_summary(stored: StoredEvent) -> str:
             what += f" [seal {event.seal.status.value}]"
         if event.canary:
             what += " [canary]"
-    elif isinstance(event, ProcessActivity | NetworkActivity):
+    elif isinstance(event, NetworkActivity):
+        where = event.dst_endpoint.hostname or event.dst_endpoint.ip
+        port = "" if event.dst_endpoint.port is None else f":{event.dst_endpoint.port}"
+        sent = "" if event.bytes_out is None else f", {event.bytes_out} bytes out"
+        what = f"{event.activity.name.lower()} to {safe(where)}{port} by {_actor(event)}{sent}"
+    elif isinstance(event, ProcessActivity):
         what = f"{event.activity.name.lower()} by {_actor(event)}"
     elif isinstance(event, DetectionFinding):
         what = safe(event.title)

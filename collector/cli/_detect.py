@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.cli._common import (
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_judging_options", "budget_value", "policy_or_none", "register"]
 
-_WIDTHS = (12, 10, 6, 9, 16, 0)
+_WIDTHS = (12, 10, 6, 10, 16, 0)
 
 
 def budget_value(text: str) -> float:
@@ -48,13 +49,19 @@ def budget_value(text: str) -> float:
     except ValueError:
         value = 0.0
     if not 0 < value <= 1000:  # noqa: PLR2004 -- more than one alert per entity a day is no budget
-        raise UsageError(f"--budget {text!r}: expected alerts a day per 1,000 entities, e.g. 5")
+        raise UsageError(
+            f"--budget {text!r}: expected alerts a day per 1,000 entities, more than 0 and "
+            "at most 1000, e.g. 5"
+        )
     return value
 
 
-def add_judging_options(parser: argparse.ArgumentParser) -> None:
+def add_judging_options(parser: argparse.ArgumentParser, *, policy_help: str | None = None) -> None:
     """``--policy FILE`` / ``--no-policy``."""
-    add_policy_option(parser)
+    if policy_help is None:
+        add_policy_option(parser)
+    else:
+        parser.add_argument("--policy", type=Path, metavar="FILE", help=policy_help)
     parser.add_argument(
         "--no-policy",
         action="store_true",

@@ -59,7 +59,9 @@ def register(sub: Any) -> None:  # noqa: ANN401 -- argparse's subparsers action 
     parser.add_argument(
         "--db", metavar="URL", help="import into this store first and detect from it"
     )
-    add_judging_options(parser)
+    add_judging_options(
+        parser, policy_help="the policy to judge by (default: the one the labels file names)"
+    )
     parser.set_defaults(func=_run, dir=None)
 
 
@@ -104,6 +106,12 @@ def _from_file(args: argparse.Namespace, labels: Labels, policy: Policy | None) 
         accesses = accesses_from_lines(_stream(args.events), strict_source=str(args.events))
         if not accesses:
             raise UsageError(f"{args.events}: no file, process or network activity to detect over")
+        labelled = {uid for incident in labels.incidents for uid in incident.events}
+        if labelled and labelled.isdisjoint(access.uid for access in accesses):
+            raise UsageError(
+                f"none of the {len(labelled)} events {args.labels} labels is in {args.events}: "
+                "pass the events and labels one simulate run wrote"
+            )
         return detect(accesses, Context(policy=policy, grants=labels.grants))
 
 

@@ -124,3 +124,13 @@ def test_eval_through_a_store_finds_what_it_finds_from_the_file(simulated, tmp_p
     stored = json.loads(run.stdout)
     assert stored["events"] == direct["events"]
     assert stored["budgets"] == direct["budgets"]
+
+
+def test_eval_refuses_events_that_hold_none_of_the_labelled_ones(simulated, tmp_path, make, ww):
+    """Events from another run (no labelled event among them) are a usage error, not 0 %."""
+    from weightwarden.events import to_json_line  # noqa: PLC0415
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(to_json_line(make.file_open("gpu-01")) + "\n")
+    error = ww("eval", "--events", other, "--labels", simulated / "labels.json").one_line_error()
+    assert "none of the" in error
