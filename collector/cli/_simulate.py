@@ -15,7 +15,13 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from collector.simulation import DEFAULT_START, MIN_USERS, SimulationSpec, write_simulation
+from collector.simulation import (
+    DEFAULT_START,
+    MIN_USERS,
+    SimulationSpec,
+    default_policy_path,
+    write_simulation,
+)
 from weightwarden.errors import UsageError
 
 if TYPE_CHECKING:
@@ -74,12 +80,13 @@ def _run(args: argparse.Namespace) -> int:
     spec = SimulationSpec(
         users=args.users, weeks=args.weeks, seed=args.seed, start=_start(args.start)
     )
-    result = write_simulation(spec, events=args.out, labels=args.labels, policy=args.policy)
+    policy = args.policy or default_policy_path(args.labels)
+    result = write_simulation(spec, events=args.out, labels=args.labels, policy=policy)
     malicious = sum(1 for incident in result.incidents if incident.malicious)
     print(
         f"wrote {result.events} events ({result.entities} entities) to {args.out}; "
         f"{malicious} incidents and {len(result.incidents) - malicious} benign twins "
-        f"to {args.labels}",
+        f"to {args.labels}; the organisation's policy to {policy}",
         file=sys.stdout,
     )
     return 0

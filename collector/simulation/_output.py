@@ -63,6 +63,9 @@ def _check_folder(path: Path, what: str) -> None:
     if not folder.is_dir():
         msg = f"{what} {path}: folder {folder} does not exist; create it first"
         raise UsageError(msg)
+    if path.is_dir() or path.name in ("", ".", ".."):
+        msg = f"{what} {path}: is a folder; name the file to write"
+        raise UsageError(msg)
 
 
 def write_simulation(
@@ -96,6 +99,9 @@ def write_simulation(
         staged[2].write_text(result.policy, encoding="utf-8")
         for tmp, final in zip(staged, (events, labels, policy), strict=True):
             tmp.replace(final)
+    except OSError as exc:
+        msg = f"cannot write the simulation: {exc.strerror or exc} ({exc.filename})"
+        raise UsageError(msg) from exc
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ def test_an_explicit_policy_path_is_referenced_relative_to_the_labels(ww, tmp_pa
         (["--users", "10", "--weeks", "1", "--out", "missing/e.jsonl"], "does not exist"),
         (["--users", "10", "--weeks", "1", "--out", "same.json", "--labels", "same.json"],
          "different"),
+        (["--users", "10", "--weeks", "1", "--policy", "."], "is a folder"),
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2_with_one_line(ww, tmp_path, args, says):
