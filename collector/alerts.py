@@ -15,8 +15,9 @@ Two sources:
 Every alert carries its OCSF Detection Finding (2004, canonical JSON): the ids of the
 evidence events, an :class:`~weightwarden.events.Explanation` whose ``rule`` says why it
 fired, and the analytic (the rule's name and uid). Alerts derived from events get a
-deterministic id (the same events give the same alert id, so a re-import does not
-duplicate them); integrity alerts get a fresh one, since each bad batch is its own incident.
+deterministic id from the rule and its first evidence event (the same events give the same
+alert id, so importing them again, under any source name, does not duplicate them);
+integrity alerts get a fresh one, since each bad batch is its own incident.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _merge(found: Iterable[Signal], *, agent_id: str | None, now: int) -> list[A
         description = " ".join(descriptions[: _MAX_TITLE_EXTRA + 1])
         if len(descriptions) > _MAX_TITLE_EXTRA + 1:
             description += f" ... and {len(descriptions) - _MAX_TITLE_EXTRA - 1} more."
-        key = "\x1f".join((rule, agent_id or "", group, evidence[0]))
+        key = "\x1f".join((rule, group, evidence[0]))  # event uids are unique: any source
         finding_uid = "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         finding = DetectionFinding(
             uid=finding_uid,

@@ -151,16 +151,17 @@ def import_events(store: Store, events: Iterable[Event], source: str) -> tuple[i
     """Store ``events`` as ``source`` (``import:NAME``) with the alerts the rules raise.
 
     Returns:
-        How many events were read, how many were new, and how many alerts were raised.
+        How many events were read, how many were new, and how many new alerts were raised
+        (an alert stored before, by an earlier import of the same events, is not counted).
     """
     seen = new = alerts = 0
     stream = iter(events)
     while chunk := list(islice(stream, _CHUNK)):
         now = now_ms()
         found = alerts_for_events(chunk, agent_id=source, now=now)
+        alerts += sum(1 for alert in found if store.alert(alert.id) is None)
         new += store.import_events([_stored(e, source, now) for e in chunk], found)
         seen += len(chunk)
-        alerts += len(found)
     return seen, new, alerts
 
 

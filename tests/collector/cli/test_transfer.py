@@ -17,7 +17,9 @@ def _directory(tmp_path):
 
 
 def test_import_stores_ocsf_lines_once_and_raises_their_alerts(tmp_path, ww, make):
-    """Imported events are stored as import:SOURCE; a second import adds nothing twice."""
+    """Imported events are stored as import:SOURCE; importing again, under any name, raises
+    no alert twice.
+    """
     layout = _directory(tmp_path)
     lines = [make.file_open("laptop-7"), make.copied("laptop-7", removable=True)]
     source = tmp_path / "siem.jsonl"
@@ -28,6 +30,12 @@ def test_import_stores_ocsf_lines_once_and_raises_their_alerts(tmp_path, ww, mak
     assert "as import:siem.jsonl; 1 alert(s)" in first.stdout
     again = ww("collector", "import", str(source), "--format", "ocsf", "--dir", layout.directory)
     assert "imported 0 new events (2 already stored)" in again.stdout
+    assert "; 0 alert(s) raised" in again.stdout
+    renamed = ww(
+        "collector", "import", str(source), "--format", "ocsf", "--source", "other",
+        "--dir", layout.directory,
+    )  # fmt: skip
+    assert "; 0 alert(s) raised" in renamed.stdout  # the same events under another name
     alerts = ww("alerts", "list", "--dir", layout.directory, "--format", "ocsf").stdout
     [alert] = alerts.splitlines()
     assert json.loads(alert)["severity_id"] == 5
