@@ -17,9 +17,7 @@ def _directory(tmp_path):
 
 
 def test_import_stores_ocsf_lines_once_and_raises_their_alerts(tmp_path, ww, make):
-    """Imported events are stored as import:SOURCE; importing again, under any name, raises
-    no alert twice.
-    """
+    """Imported events are stored as import:SOURCE; importing again raises no alert twice."""
     layout = _directory(tmp_path)
     lines = [make.file_open("laptop-7"), make.copied("laptop-7", removable=True)]
     source = tmp_path / "siem.jsonl"
