@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from detectors.catalogue import RULE_UIDS
 from policies import parse_policy
 from weightwarden.config import read_text
+from weightwarden.errors import ConfigError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,8 +28,8 @@ def load_policy(path: Path) -> Policy:
 
     Raises:
         ConfigError: The file is missing, a directory, unreadable, not UTF-8, or not a
-            valid policy (see :func:`policies.parse_policy`); the message starts with the
-            path.
+            valid policy (see :func:`policies.parse_policy`), or a suppression names a rule
+            no detector raises; the message starts with the path.
     """
     text = read_text(
         path,
@@ -35,4 +37,12 @@ def load_policy(path: Path) -> Policy:
         missing="check the path, or write one (see policies/examples/)",
     )
     source = str(path)
-    return parse_policy(text, source)
+    policy = parse_policy(text, source)
+    for index, suppression in enumerate(policy.suppressions):
+        if suppression.rule != "*" and suppression.rule not in RULE_UIDS:
+            known = ", ".join(sorted(RULE_UIDS))
+            raise ConfigError(
+                f"{source}: suppressions[{index}].rule: {suppression.rule!r} is not a rule "
+                f"weightwarden raises, so it would silence nothing; one of: {known}"
+            )
+    return policy

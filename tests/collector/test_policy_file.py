@@ -36,3 +36,15 @@ def test_detection_policy_resolves_against_the_collector_directory(tmp_path):
     config.write_text(config.read_text().replace('policy = "p.toml"', "policy = 3"))
     with pytest.raises(ConfigError, match=r"detection\.policy: expected a path, got 3"):
         load_settings(layout.directory)
+
+
+def test_a_suppression_of_a_rule_no_detector_raises_is_refused(tmp_path):
+    """A misspelt rule would silence nothing: the policy is refused, naming the rule."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'version = 1\n[[assets]]\nname = "m"\npaths = ["/data/m/**"]\n'
+        '[[access]]\nasset = "m"\nusers = ["alice"]\n'
+        '[[suppressions]]\nrule = "weightwarden.rule.nosuch"\nuser = "alice"\nreason = "typo"\n'
+    )
+    with pytest.raises(ConfigError, match=r"suppressions\[0\]\.rule: 'weightwarden\.rule\.nosuch'"):
+        load_policy(policy)
