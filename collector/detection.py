@@ -6,7 +6,9 @@ the collector keeps, and the evidence of alerts dispositioned false positive (ke
 the baselines); runs :func:`detectors.engine.detect` under the policy; and turns the daily
 roll-up into alerts: each day's riskiest entity-days within the analysts' budget (N per
 1,000 entities a day), plus every CRITICAL one whatever the budget, because a canary touch
-must never wait for tomorrow's quota.
+must never wait for tomorrow's quota. An entity-day whose every evidence event a stored
+alert already cites (the canary alert ingest raised the moment it arrived) is not raised
+again.
 
 An alert's id is derived from its entity and day, so running detection twice over the same
 period raises nothing twice (an alert already stored is kept as it was).
@@ -75,6 +77,8 @@ class DetectionRun:
         alerts: Their alerts, in the same order.
         new_alerts: How many of them were not stored before.
         daily_budget: Alerts a day the budget allowed.
+        already_alerted: Entity-days not raised because stored alerts (ingest's canary,
+            seal and copy alerts) already cite every one of their evidence events.
     """
 
     detection: Detection
@@ -82,6 +86,7 @@ class DetectionRun:
     alerts: tuple[Alert, ...]
     new_alerts: int
     daily_budget: int
+    already_alerted: int = 0
 
 
 @contextlib.contextmanager
@@ -224,13 +229,17 @@ def run_detection(
         accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
         detection = detect(accesses, context, excluded=excluded, report_from=since)
     chosen, daily = alerted_days(detection, budget=budget)
-    alerts = [alert_for(risk, now=now) for risk in chosen]
+    ours = {alert_for(risk, now=now).id for risk in chosen}
+    cited = {uid for alert in store.alerts() if alert.id not in ours for uid in alert.evidence}
+    fresh = [risk for risk in chosen if not cited.issuperset(risk.evidence)]
+    alerts = [alert_for(risk, now=now) for risk in fresh]
     known = {alert.id for alert in alerts if store.alert(alert.id) is not None}
     store.add_alerts(alerts)
     return DetectionRun(
         detection=detection,
-        alerted=tuple(chosen),
+        alerted=tuple(fresh),
         alerts=tuple(alerts),
         new_alerts=len(alerts) - len(known),
         daily_budget=daily,
+        already_alerted=len(chosen) - len(fresh),
     )

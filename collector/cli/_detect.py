@@ -155,6 +155,11 @@ def _run(args: argparse.Namespace) -> int:
         f"{detection.suppressed} suppressed; {len(detection.risks)} risky entity-days; "
         f"{len(run.alerts)} alerts ({run.daily_budget} a day within budget), "
         f"{run.new_alerts} new"
+        + (
+            f"; {run.already_alerted} already raised by other alerts citing the same events"
+            if run.already_alerted
+            else ""
+        )
     )
     rows = [("ALERT", "SEVERITY", "RISK", "DAY", "ENTITY", "TITLE")]
     for alert, risk in zip(run.alerts, run.alerted, strict=True):

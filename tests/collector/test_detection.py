@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from collector.alerts import alerts_for_events
 from collector.detection import accesses_from_lines, run_detection
 from collector.store import StoredEvent
 from detectors.baseline import Z_RULE
@@ -180,3 +181,17 @@ def test_lines_that_are_not_activity_are_skipped_when_reading_events(make):
     lines = [b"not json", b"[]", b'{"class_uid": 2004}', canonical_bytes(event)]
     [access] = accesses_from_lines(lines)
     assert (access.uid, access.user, access.program) == (event.uid, "r0", "python3.11")
+
+
+def test_a_day_whose_evidence_an_ingest_alert_already_cites_is_not_raised_again(record):
+    """The canary alert raised when the events arrived stands; detect does not repeat it."""
+    canary_events = [
+        from_json_line(event.payload)
+        for event in record.events()
+        if '"canary":true' in event.payload
+    ]
+    record.add_alerts(alerts_for_events(canary_events, agent_id="import:test", now=1))
+    run = detect_day10(record)
+    assert "r1" not in {risk.entity for risk in run.alerted}
+    assert run.already_alerted == 1
+    assert {"mallory", "r2"} <= {risk.entity for risk in run.alerted}
