@@ -333,23 +333,32 @@ def _actor(event: FileActivity | ProcessActivity | NetworkActivity) -> str:
     return f"{name} ({safe(exe)}[{actor.process.pid}])"
 
 
+def _suppress_options(args: argparse.Namespace) -> tuple[tuple[str, ...], int]:
+    """``--suppress`` and ``--suppress-for``: the scope and duration (ms), or ``((), 0)``.
+
+    Raises:
+        UsageError: They do not go with the disposition, or are malformed.
+    """
+    if args.suppress is None:
+        if args.suppress_for is not None:
+            raise UsageError("--suppress-for goes with --suppress SCOPE")
+        return (), 0
+    if args.disposition not in _SUPPRESSIBLE:
+        raise UsageError(
+            f"--suppress goes with --disposition false_positive or benign, not "
+            f"{args.disposition}: a true positive must keep alerting"
+        )
+    return (
+        parse_scope(args.suppress),
+        parse_suppress_for(args.suppress_for or DEFAULT_SUPPRESS_FOR),
+    )
+
+
 def _run_update(args: argparse.Namespace) -> int:
     note = args.note
     if note is not None and len(note) > _MAX_NOTE:
         raise UsageError(f"--note is {len(note)} characters; at most {_MAX_NOTE}")
-    scope: tuple[str, ...] = ()
-    duration = 0
-    if args.suppress is None:
-        if args.suppress_for is not None:
-            raise UsageError("--suppress-for goes with --suppress SCOPE")
-    else:
-        if args.disposition not in _SUPPRESSIBLE:
-            raise UsageError(
-                f"--suppress goes with --disposition false_positive or benign, not "
-                f"{args.disposition}: a true positive must keep alerting"
-            )
-        scope = parse_scope(args.suppress)
-        duration = parse_suppress_for(args.suppress_for or DEFAULT_SUPPRESS_FOR)
+    scope, duration = _suppress_options(args)
     store = open_from_args(args)
     try:
         now = now_ms()
@@ -376,6 +385,10 @@ def _run_update(args: argparse.Namespace) -> int:
             store.add_suppression(
                 suppression, suppression_id=uuid.uuid4().hex, created_at=now, alert_id=updated.id
             )
+        lifted = 0
+        if updated is not None and args.disposition == "true_positive":
+            # A true positive must keep alerting: end what an earlier verdict silenced.
+            lifted = store.lift_suppressions(updated.id, now=now)
     finally:
         store.close()
     if updated is None:
@@ -384,6 +397,8 @@ def _run_update(args: argparse.Namespace) -> int:
             "see weightwarden alerts list"
         )
     print(f"{updated.id}: {updated.status} ({updated.disposition})")
+    if lifted:
+        print(f"lifted {lifted} suppression(s) an earlier verdict on this alert created")
     if suppression is not None:
         scoped = ", ".join(
             f"{field}={safe(getattr(suppression, field))}"

@@ -349,6 +349,13 @@ class Store(Protocol):
             ValueError: A suppression with this id is already stored, or its text holds a NUL.
         """
 
+    def lift_suppressions(self, alert_id: str, *, now: int) -> int:
+        """End, from ``now``, the suppressions the triage of ``alert_id`` created.
+
+        They stay in the table (the audit trail) with their expiry set to ``now``. Returns
+        how many were still in force.
+        """
+
     def suppressions(self, *, now: int | None = None) -> list[Suppression]:
         """Suppressions, oldest first: every one, or (``now``) only those not expired."""
 

@@ -762,6 +762,21 @@ class SqlStore(Generic[C]):
         except Conflict:
             raise ValueError(f"suppression {suppression_id!r} is already stored") from None
 
+    def lift_suppressions(self, alert_id: str, *, now: int) -> int:
+        """End, from ``now``, the suppressions the triage of ``alert_id`` created."""
+
+        def work(cursor: C) -> int:
+            cursor.execute(
+                self._q(
+                    "UPDATE suppressions SET expires_at = ? WHERE alert_id = ?"
+                    " AND (expires_at IS NULL OR expires_at > ?)"
+                ),
+                (now, alert_id, now),
+            )
+            return int(cursor.rowcount)
+
+        return self._write(work)
+
     def suppressions(self, *, now: int | None = None) -> list[Suppression]:
         """Suppressions, oldest first: every one, or (``now``) only those not expired."""
         sql = f"SELECT {_SUPPRESSIONS} FROM suppressions"  # noqa: S608

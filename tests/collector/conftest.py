@@ -76,6 +76,7 @@ class MemoryStore:
         self.head_hook: list[object] = []
         self.grant_rows: dict[str, Grant] = {}
         self.suppression_rows: dict[str, tuple[int, Suppression]] = {}
+        self.suppressions_by_alert: dict[str, list[str]] = {}
 
     # enrollment
     def add_token(self, *, token_hash: str, host: str, expires_at: int) -> None:
@@ -314,11 +315,26 @@ class MemoryStore:
         alert_id: str | None = None,
     ) -> None:
         """Keep a suppression; its id must be new."""
-        del alert_id
         with self.lock:
             if suppression_id in self.suppression_rows:
                 raise ValueError(f"suppression {suppression_id!r} is already stored")
             self.suppression_rows[suppression_id] = (created_at, suppression)
+            if alert_id is not None:
+                self.suppressions_by_alert.setdefault(alert_id, []).append(suppression_id)
+
+    def lift_suppressions(self, alert_id: str, *, now: int) -> int:
+        """End, from ``now``, the suppressions the alert's triage created."""
+        lifted = 0
+        with self.lock:
+            for key in self.suppressions_by_alert.get(alert_id, []):
+                created_at, suppression = self.suppression_rows[key]
+                if suppression.until is None or suppression.until > now:
+                    self.suppression_rows[key] = (
+                        created_at,
+                        dataclasses.replace(suppression, until=now),
+                    )
+                    lifted += 1
+        return lifted
 
     def suppressions(self, *, now: int | None = None) -> list[Suppression]:
         """Suppressions oldest first; with ``now``, those not expired."""

@@ -79,6 +79,21 @@ def test_a_false_positive_with_suppress_stores_a_scoped_suppression(ww, collecto
     assert before + 30 * DAY_MS <= made.until <= before + 30 * DAY_MS + 120_000
 
 
+def test_a_later_true_positive_verdict_lifts_the_suppression_an_earlier_one_made(ww, collector):
+    """False positive with --suppress, then true positive: the suppression ends now."""
+    _, alert_id = canary(ww, collector)
+    directory = collector.directory
+    ww(
+        "alerts", "resolve", "--dir", directory, alert_id,
+        "--disposition", "false_positive", "--suppress", "user",
+    )  # fmt: skip
+    run = ww("alerts", "resolve", "--dir", directory, alert_id, "--disposition", "true_positive")
+    assert run.code == 0, run.stderr
+    assert "lifted 1 suppression(s)" in run.stdout
+    [lifted] = stored_suppressions(collector)
+    assert lifted.until <= int(datetime.now(UTC).timestamp() * 1000)
+
+
 def test_ack_benign_with_suppress_for_sets_the_expiry(ww, collector):
     """Ack as benign with --suppress host,path --suppress-for 7d lasts seven days."""
     _, alert_id = canary(ww, collector)

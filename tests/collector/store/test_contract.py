@@ -692,6 +692,18 @@ def test_suppressions_are_kept_oldest_first_and_filtered_by_expiry(store: Store)
     assert store.suppressions(now=500) == [forever]
 
 
+def test_lifting_an_alerts_suppressions_ends_them_now_and_keeps_the_rest(store: Store) -> None:
+    """Only the alert's suppressions still in force end, at now; they stay on record."""
+    mine = Suppression(rule="weightwarden.rule.off_hours", reason="fp", user="alice")
+    other = Suppression(rule="weightwarden.rule.off_hours", reason="fp", user="bob")
+    store.add_suppression(mine, suppression_id="s-1", created_at=1, alert_id="a1")
+    store.add_suppression(other, suppression_id="s-2", created_at=2, alert_id="a2")
+    assert store.lift_suppressions("a1", now=50) == 1
+    assert store.lift_suppressions("a1", now=60) == 0
+    assert store.suppressions(now=50) == [other]
+    assert store.suppressions() == [dataclasses.replace(mine, until=50), other]
+
+
 def test_a_suppression_id_is_stored_once_and_nul_is_refused(store: Store) -> None:
     """A taken id or a NUL character is a ValueError; nothing is stored."""
     one = Suppression(rule="r", reason="x", user="alice")
