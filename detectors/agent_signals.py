@@ -14,7 +14,8 @@ seal tampered       CRITICAL  a file whose content no longer matches its seal (t
                               re-verification that failed (reported HIGH)
 weights copied      HIGH      a file written outside the weights whose content is a
                     CRITICAL  sealed file's; CRITICAL when the agent rated the copy
-                              CRITICAL (a removable-media destination)
+                              CRITICAL (a removable-media destination); the copies
+                              into one folder from one batch are one alert
 agent health        >= HIGH   a Detection Finding the agent raised about itself
                               (sensor overflow, spool or queue drops) at HIGH or above
 agent finding       >= HIGH   any other Detection Finding in the stream at HIGH or above
@@ -217,7 +218,7 @@ def weights_copied(event: Event) -> Signal | None:
             )
         ),
         reason=_COPY_REASON,
-        group=event.file.path,
+        group=event.file.path.rpartition("/")[0] or event.file.path,  # one copy job, one alert
         evidence_uid=event.uid,
         time=event.time,
         device=event.device,

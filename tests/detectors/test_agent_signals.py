@@ -116,3 +116,13 @@ def test_rules_are_pure_functions_of_the_event():
     assert signals(event) == signals(event)
     assert len(signals(event)) == 2
     assert len(RULES) == 4
+
+
+def test_the_shards_of_one_copy_share_a_group_and_other_folders_do_not():
+    """Copying a checkpoint's shards into one folder is one copy: one group, one alert."""
+    first, second, elsewhere = (
+        signals(opened(copy_source="/weights/a", file=FileRef(path=path)))[0].group
+        for path in ("/home/eve/ckpt/a.safetensors", "/home/eve/ckpt/b.safetensors", "/srv/x/a")
+    )
+    assert first == second == "/home/eve/ckpt"
+    assert elsewhere == "/srv/x"
