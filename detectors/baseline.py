@@ -173,7 +173,7 @@ def _entity_findings(
                 time=row.first,
                 severity=Severity.MEDIUM if score >= 40 else Severity.LOW,  # noqa: PLR2004 -- the upper third of the scale
                 score=score,
-                title=f"{row.entity}: unusual day ({named})",
+                title=f"{row.entity}: unusual day: {named}",
                 reason=(
                     "The day lies far above the user's own recent days and same weekdays, the "
                     "peers in the same role and everyone (smallest of the robust z-scores, "

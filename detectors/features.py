@@ -202,7 +202,7 @@ def rising_features(
 
     Returns:
         The contributions (actual and typical values in the features' own units), and
-        ``"files 62 (typical 3), reads 40 (typical 5)"`` for titles and reasons.
+        ``"files 62 against a typical 3, reads 40 against a typical 5"`` for titles.
     """
     order = [i for i in np.argsort(-z)[:top] if z[i] > 0]
     contributions = tuple(
@@ -213,5 +213,7 @@ def rising_features(
         )
         for i in order
     )
-    named = ", ".join(f"{c.feature} {c.actual:g} (typical {c.typical:g})" for c in contributions)
+    named = ", ".join(
+        f"{c.feature} {c.actual:.4g} against a typical {c.typical:.4g}" for c in contributions
+    )
     return contributions, named

@@ -75,7 +75,7 @@ def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> li
                     time=row.first,
                     severity=Severity.LOW,
                     score=float(10.0 + 20.0 * strength),
-                    title=f"{row.entity}: day unlike other {role} days ({named})",
+                    title=f"{row.entity}: day unlike other {role} days: {named}",
                     reason=(
                         f"Among the {len(index)} days of role {role}, this one is in the most "
                         f"isolated {TAIL:.1%}; furthest from the role's median: {named}."

@@ -119,12 +119,16 @@ def parse_since(text: str, now_ms: int) -> int:
         now_ms: The present, milliseconds since the epoch.
 
     Raises:
-        UsageError: ``text`` is neither.
+        UsageError: ``text`` is neither, or it lies before 1970.
     """
     try:
-        return now_ms - parse_duration(text) // _ONE_MS
+        ago = now_ms - parse_duration(text) // _ONE_MS
     except ValueError:
         pass
+    else:
+        if ago < 0:
+            raise UsageError(f"--since {text!r}: reaches back before 1970; give a shorter span")
+        return ago
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

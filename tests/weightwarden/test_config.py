@@ -11,9 +11,10 @@ from weightwarden.config import (
     load_config,
     parse_config,
     parse_duration,
+    parse_since,
     parse_toml,
 )
-from weightwarden.errors import ConfigError
+from weightwarden.errors import ConfigError, UsageError
 
 # Schemas live at module level so their annotations resolve.
 
@@ -464,3 +465,9 @@ def test_date_times_without_an_offset_or_of_other_kinds_are_refused(value: str, 
         "f:3: items[0].expires: expected a date-time with its offset like "
         f'"2025-01-31T18:00:00Z", got {got}'
     )
+
+
+def test_a_since_reaching_back_before_1970_is_a_usage_error():
+    """A span longer than the epoch is a mistake, not a negative time."""
+    with pytest.raises(UsageError, match="before 1970"):
+        parse_since("1000000d", 1_767_571_200_000)
