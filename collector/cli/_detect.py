@@ -149,6 +149,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if policy is None:
         print("no policy: authorisation, grant and team-hours rules were not run")
+    if not detection.events:
+        print(
+            "no stored events in this period or the 28 days before it: check --since and "
+            "--until (weightwarden collector export shows what the record holds)"
+        )
     print(
         f"{utc(since)} to {utc(until)}: {detection.events} events from {detection.entities} "
         f"entities (with 28 days of history); {len(detection.findings)} findings, "
