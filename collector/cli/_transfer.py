@@ -1,8 +1,9 @@
 """``weightwarden collector import FILE`` and ``weightwarden collector export``: OCSF lines.
 
 Import reads OCSF 1.x JSON lines (``weightwarden agent events`` output, or any OCSF source
-of the classes weightwarden reads), checks every line first (a bad line is an error naming
-the file and line, and nothing is imported), then stores the events as
+of the classes weightwarden reads), checks every line first (a bad line, or an event that
+reuses the id of a different event already recorded or earlier in the file, is an error
+naming the file and line, and nothing is imported), then stores the events as
 ``import:<source>`` (not part of any agent's chain; an event whose uid was imported before
 is skipped) with the alerts the rules raise on them (the same events give the same alert
 ids, so importing a file twice raises nothing twice).
@@ -16,6 +17,7 @@ then empty) and re-serialise canonically to check ``payload_hash``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -122,12 +124,42 @@ def _lines(name: str) -> Iterator[tuple[int, str]]:
             stream.close()
 
 
-def _decode(name: str) -> Iterator[Event]:
+def _numbered(name: str) -> Iterator[tuple[int, Event]]:
     for number, line in _lines(name):
         try:
-            yield from_json_line(line)
+            yield number, from_json_line(line)
         except EventFormatError as exc:
             raise UsageError(f"{name}:{number}: {exc}") from None
+
+
+def _decode(name: str) -> Iterator[Event]:
+    return (event for _, event in _numbered(name))
+
+
+def check_conflicts(store: Store, name: str, numbered: Iterable[tuple[int, Event]]) -> None:
+    """Refuse an event that reuses the id of a different one, stored or earlier in the file.
+
+    Importing skips an event whose id is stored; if its content differs, skipping it would
+    silently drop a conflicting record. Nothing is stored when one is found.
+
+    Raises:
+        UsageError: The first such event, naming its line and id.
+    """
+    digests: dict[str, bytes] = {}
+    stream = iter(numbered)
+    while chunk := list(islice(stream, _CHUNK)):
+        stored = store.imported_payloads([event.uid for _, event in chunk])
+        for number, event in chunk:
+            canonical = canonical_bytes(event)
+            digest = hashlib.blake2b(canonical, digest_size=16).digest()
+            earlier = digests.setdefault(event.uid, digest)
+            kept = stored.get(event.uid)
+            if earlier != digest or (kept is not None and kept.encode("utf-8") != canonical):
+                raise UsageError(
+                    f"{name}:{number}: event {event.uid} differs from the event already "
+                    "recorded under that id; the record keeps the first and nothing was "
+                    "imported: give the event a new id, or leave it out"
+                )
 
 
 def _stored(event: Event, source: str, received_at: int) -> StoredEvent:
@@ -179,14 +211,15 @@ def _run_import(args: argparse.Namespace) -> int:
     if name == "-" and not args.source:
         raise UsageError("importing from stdin (-) needs --source NAME")
     source = "import:" + (args.source or Path(name).name)
-    if name == "-":
-        events: Iterator[Event] = iter(list(_decode(name)))  # stdin is read once, checked whole
-    else:
-        for _ in _decode(name):  # the first pass: every line must decode before any is stored
-            pass
-        events = _decode(name)
     store = open_from_args(args)
     try:
+        if name == "-":  # stdin is read once, checked whole
+            numbered = list(_numbered(name))
+            check_conflicts(store, name, numbered)
+            events: Iterator[Event] = (event for _, event in numbered)
+        else:  # the first pass: every line must decode, and conflict with nothing, first
+            check_conflicts(store, name, _numbered(name))
+            events = _decode(name)
         seen, new, alerts = import_events(store, events, source)
     finally:
         store.close()

@@ -276,6 +276,9 @@ class Store(Protocol):
         is ignored).
         """
 
+    def imported_payloads(self, uids: Sequence[str]) -> dict[str, str]:
+        """``uid -> payload`` of the imported events stored under any of ``uids``."""
+
     # -- reading ---------------------------------------------------------------------
     def events(
         self,

@@ -448,19 +448,30 @@ class SqlStore(Generic[C]):
 
     def _stored_import_uids(self, cursor: C, uids: list[str]) -> set[str]:
         """Which of ``uids`` are stored among imported events."""
-        found: set[str] = set()
+        return set(self._imported(cursor, "uid", uids))
+
+    def _imported(self, cursor: C, columns: str, uids: Sequence[str]) -> list[Any]:
+        """``columns`` (a constant) of the imported events whose uid is one of ``uids``."""
+        found: list[Any] = []
         chunk = 500
         for start in range(0, len(uids), chunk):
-            part = uids[start : start + chunk]
+            part = list(uids[start : start + chunk])
             cursor.execute(
                 self._q(
-                    "SELECT uid FROM events WHERE substr(agent_id, 1, 7) = 'import:'"  # noqa: S608
+                    f"SELECT {columns} FROM events"  # noqa: S608 -- constants and ? only
+                    " WHERE substr(agent_id, 1, 7) = 'import:'"
                     f" AND uid IN ({', '.join('?' * len(part))})"
                 ),
                 part,
             )
-            found.update(row[0] for row in cursor.fetchall())
+            rows = cursor.fetchall()
+            found.extend(row[0] if columns == "uid" else tuple(row) for row in rows)
         return found
+
+    def imported_payloads(self, uids: Sequence[str]) -> dict[str, str]:
+        """``uid -> payload`` of the imported events stored under any of ``uids``."""
+        unique = list(dict.fromkeys(uids))
+        return dict(self._read(lambda cursor: self._imported(cursor, "uid, payload", unique)))
 
     def _last_seq(self, cursor: C, agent_id: str) -> int:
         cursor.execute(

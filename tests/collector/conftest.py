@@ -220,6 +220,16 @@ class MemoryStore:
         ]
         return iter(rows if limit is None else rows[:limit])
 
+    def imported_payloads(self, uids: Sequence[str]) -> dict[str, str]:
+        """``uid -> payload`` of imported events under any of ``uids``."""
+        wanted = set(uids)
+        with self.lock:
+            return {
+                e.uid: e.payload
+                for e in self.event_rows.values()
+                if e.agent_id.startswith("import:") and e.uid in wanted
+            }
+
     def payloads(self, *, since: int | None = None, until: int | None = None) -> Iterator[str]:
         """The payloads of the events of a period, in ``events`` order."""
         return (event.payload for event in self.events(since=since, until=until))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -143,3 +144,26 @@ def test_verify_log_passes_a_clean_record_and_names_an_edited_row(tmp_path, ww, 
     as_json = ww("collector", "verify-log", "--dir", layout.directory, "--format", "json")
     problem = json.loads(as_json.stdout.splitlines()[0])
     assert (problem["agent_id"], problem["kind"], problem["seq"]) == ("gpu-01", "edited", 2)
+
+
+def test_an_event_reusing_a_recorded_id_with_other_content_is_refused(tmp_path, ww, make):
+    """Same id, different content: exit 2 naming the line; the record keeps the first."""
+    layout = _directory(tmp_path)
+    original = make.file_open("laptop-7")
+    first = tmp_path / "first.jsonl"
+    first.write_text(to_json_line(original) + "\n")
+    assert ww("collector", "import", first, "--format", "ocsf", "--dir", layout.directory).code == 0
+    forged = dataclasses.replace(original, time=original.time + 1)
+    extra = make.file_open("laptop-7")
+    second = tmp_path / "second.jsonl"
+    second.write_text(to_json_line(extra) + "\n" + to_json_line(forged) + "\n")
+    run = ww("collector", "import", second, "--format", "ocsf", "--dir", layout.directory)
+    error = run.one_line_error()
+    assert f"{second}:2: event {original.uid} differs" in error
+    exported = ww("collector", "export", "--format", "ocsf", "--dir", layout.directory).stdout
+    [line] = exported.splitlines()
+    assert json.loads(line)["time"] == original.time  # the forged one and the extra: not stored
+    within = tmp_path / "within.jsonl"
+    within.write_text(to_json_line(extra) + "\n" + to_json_line(dataclasses.replace(extra, time=9)))
+    error = ww("collector", "import", within, "--format", "ocsf", "--dir", layout.directory)
+    assert f"{within}:2: event {extra.uid} differs" in error.one_line_error()

@@ -501,6 +501,14 @@ def test_import_counts_new_events_by_uid_and_numbers_them_per_source(store: Stor
     assert store.count_events() == 4
 
 
+def test_imported_payloads_are_read_back_by_uid(store: Store) -> None:
+    """imported_payloads answers for imported events only, whatever the source."""
+    store.import_events([imported("u1"), imported("u2", "import:other")], [])
+    stored = {e.uid: e.payload for e in store.events()}
+    assert store.imported_payloads(["u1", "u2", "u9", "u1"]) == stored
+    assert store.imported_payloads([]) == {}
+
+
 def test_import_dedupes_among_imports_only(store: Store, chain_of: ChainOf) -> None:
     """An imported event whose uid belongs to an agent's chained event is still imported."""
     store.register_agent(agent_id="gpu-01", public_key_pem=PEM, now=1)
