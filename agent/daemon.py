@@ -654,7 +654,6 @@ class Daemon:
                 for checkpoint, changes in self.planner.due_verifications(wall):
                     self._submit_verify(checkpoint, changes)
             events += self._loss_reports()
-            events += self._reload_canaries()
         if now - self._last_egress_poll >= cfg.egress_poll.total_seconds():
             self._last_egress_poll = now
             events += [o.event for o in self.egress.poll(_wall_ms())]
@@ -734,8 +733,10 @@ class Daemon:
 
     def _process(self, first_wait: float) -> int:
         """Drain up to one batch of records, run periodic work, spool everything."""
-        events: list[Event] = []
         record = self.records.get(timeout=first_wait)
+        # A decoy planted a moment ago must be one before its first open is judged: check the
+        # registry (one stat) before every batch, not once a tick.
+        events: list[Event] = self._reload_canaries()
         deadline = time.monotonic() + _BATCH_WAIT_S
         handled = 0
         while record is not None:
