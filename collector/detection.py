@@ -134,18 +134,10 @@ def accesses_from_lines(
     return accesses
 
 
-def _excluded(store: Store) -> set[str]:
+def _excluded(stored: Iterable[Alert]) -> set[str]:
     """Evidence of alerts dispositioned false positive: kept out of the baselines."""
     return {
-        uid
-        for alert in store.alerts(status="resolved")
-        if alert.disposition == "false_positive"
-        for uid in alert.evidence
-    } | {
-        uid
-        for alert in store.alerts(status="acknowledged")
-        if alert.disposition == "false_positive"
-        for uid in alert.evidence
+        uid for alert in stored if alert.disposition == "false_positive" for uid in alert.evidence
     }
 
 
@@ -224,22 +216,24 @@ def run_detection(
         grants=tuple(store.grants() if grants is None else grants),
         suppressions=tuple(store.suppressions() if suppressions is None else suppressions),
     )
-    excluded = _excluded(store)
+    stored = store.alerts()
     with paused_gc():
         accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
-        detection = detect(accesses, context, excluded=excluded, report_from=since)
+        detection = detect(accesses, context, excluded=_excluded(stored), report_from=since)
     chosen, daily = alerted_days(detection, budget=budget)
-    ours = {alert_for(risk, now=now).id for risk in chosen}
-    cited = {uid for alert in store.alerts() if alert.id not in ours for uid in alert.evidence}
-    fresh = [risk for risk in chosen if not cited.issuperset(risk.evidence)]
-    alerts = [alert_for(risk, now=now) for risk in fresh]
-    known = {alert.id for alert in alerts if store.alert(alert.id) is not None}
+    raised = [(risk, alert_for(risk, now=now)) for risk in chosen]
+    ours = {alert.id for _, alert in raised}
+    cited = {uid for alert in stored if alert.id not in ours for uid in alert.evidence}
+    kept = [(risk, alert) for risk, alert in raised if not cited.issuperset(risk.evidence)]
+    fresh = [risk for risk, _ in kept]
+    alerts = [alert for _, alert in kept]
+    known = {alert.id for alert in stored}
     store.add_alerts(alerts)
     return DetectionRun(
         detection=detection,
         alerted=tuple(fresh),
         alerts=tuple(alerts),
-        new_alerts=len(alerts) - len(known),
+        new_alerts=sum(alert.id not in known for alert in alerts),
         daily_budget=daily,
         already_alerted=len(chosen) - len(fresh),
     )
