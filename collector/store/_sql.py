@@ -170,18 +170,12 @@ class SqlStore(Generic[C]):
 
         A token expires at ``expires_at``: it is usable while ``now < expires_at``.
         """
-
-        def work(cursor: C) -> bool:
-            cursor.execute(
-                self._q(
-                    "UPDATE enroll_tokens SET used_at = ? WHERE token_hash = ? AND host = ?"
-                    " AND used_at IS NULL AND expires_at > ?"
-                ),
-                (now, token_hash, host, now),
-            )
-            return cursor.rowcount == 1
-
-        return self._write(work)
+        changed = self._changed(
+            "UPDATE enroll_tokens SET used_at = ? WHERE token_hash = ? AND host = ?"
+            " AND used_at IS NULL AND expires_at > ?",
+            (now, token_hash, host, now),
+        )
+        return changed == 1
 
     def register_agent(self, *, agent_id: str, public_key_pem: str, now: int) -> None:
         """Register (or re-key, if revoked) an agent; a new agent's head is 0 / GENESIS.
@@ -191,21 +185,15 @@ class SqlStore(Generic[C]):
         Raises:
             UsageError: The agent is enrolled and not revoked.
         """
-
-        def work(cursor: C) -> int:
-            cursor.execute(
-                self._q(
-                    f"INSERT INTO agents ({_AGENTS}) VALUES (?, ?, ?, NULL, 0, ?)"  # noqa: S608
-                    " ON CONFLICT (agent_id) DO UPDATE SET"
-                    " public_key_pem = excluded.public_key_pem,"
-                    " enrolled_at = excluded.enrolled_at, revoked_at = NULL"
-                    " WHERE agents.revoked_at IS NOT NULL"
-                ),
-                (agent_id, public_key_pem, now, GENESIS),
-            )
-            return cursor.rowcount
-
-        if self._write(work) != 1:
+        changed = self._changed(
+            f"INSERT INTO agents ({_AGENTS}) VALUES (?, ?, ?, NULL, 0, ?)"  # noqa: S608
+            " ON CONFLICT (agent_id) DO UPDATE SET"
+            " public_key_pem = excluded.public_key_pem,"
+            " enrolled_at = excluded.enrolled_at, revoked_at = NULL"
+            " WHERE agents.revoked_at IS NOT NULL",
+            (agent_id, public_key_pem, now, GENESIS),
+        )
+        if changed != 1:
             raise UsageError(
                 f"agent {agent_id!r} is already enrolled: revoke it first to enroll it again"
             )
@@ -234,17 +222,11 @@ class SqlStore(Generic[C]):
 
         Revoking again keeps the first revocation time.
         """
-
-        def work(cursor: C) -> bool:
-            cursor.execute(
-                self._q(
-                    "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE agent_id = ?"
-                ),
-                (now, agent_id),
-            )
-            return cursor.rowcount == 1
-
-        return self._write(work)
+        changed = self._changed(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE agent_id = ?",
+            (now, agent_id),
+        )
+        return changed == 1
 
     # -- ingest ----------------------------------------------------------------------
     def stored_links(self, agent_id: str, first_seq: int, last_seq: int) -> dict[int, str]:
@@ -571,6 +553,15 @@ class SqlStore(Generic[C]):
                 return
             after = rows[-1][1]
 
+    def _changed(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement (``?`` placeholders) in a write transaction; rows it changed."""
+
+        def work(cursor: C) -> int:
+            cursor.execute(self._q(sql), params)
+            return int(cursor.rowcount)
+
+        return self._write(work)
+
     def _fetch_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         def work(cursor: C) -> list[Any]:
             cursor.execute(sql, params)
@@ -695,15 +686,11 @@ class SqlStore(Generic[C]):
 
     def revoke_grant(self, grant_id: str, *, now: int) -> bool:
         """Revoke a grant from ``now`` on; false if there is no such grant or it was revoked."""
-
-        def work(cursor: C) -> bool:
-            cursor.execute(
-                self._q("UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"),
-                (now, grant_id),
-            )
-            return cursor.rowcount == 1
-
-        return self._write(work)
+        changed = self._changed(
+            "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (now, grant_id),
+        )
+        return changed == 1
 
     def grants(self, *, now: int | None = None) -> list[Grant]:
         """Grants, oldest first: every one, or (``now``) only those in force at ``now``.
@@ -775,18 +762,11 @@ class SqlStore(Generic[C]):
 
     def lift_suppressions(self, alert_id: str, *, now: int) -> int:
         """End, from ``now``, the suppressions the triage of ``alert_id`` created."""
-
-        def work(cursor: C) -> int:
-            cursor.execute(
-                self._q(
-                    "UPDATE suppressions SET expires_at = ? WHERE alert_id = ?"
-                    " AND (expires_at IS NULL OR expires_at > ?)"
-                ),
-                (now, alert_id, now),
-            )
-            return int(cursor.rowcount)
-
-        return self._write(work)
+        return self._changed(
+            "UPDATE suppressions SET expires_at = ? WHERE alert_id = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (now, alert_id, now),
+        )
 
     def suppressions(self, *, now: int | None = None) -> list[Suppression]:
         """Suppressions, oldest first: every one, or (``now``) only those not expired."""
