@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from detectors.features import DayRow
 
-__all__ = ["HISTORY_DAYS", "MIN_HISTORY", "Z_RULE", "robust_z_findings"]
+__all__ = ["HISTORY_DAYS", "MIN_HISTORY", "Z_RULE", "robust_scale", "robust_z_findings"]
 
 Z_RULE: Final = "weightwarden.ml.robust_z"
 HISTORY_DAYS: Final = 28
@@ -76,7 +76,8 @@ def quiet_rolling(raw: NDArray[np.float64]) -> NDArray[np.bool_]:
     return mask
 
 
-def _scale(mad: NDArray[np.float64]) -> NDArray[np.float64]:
+def robust_scale(mad: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The spread a median absolute deviation stands for, never below :data:`_MIN_SCALE`."""
     return np.maximum(_MAD_TO_SIGMA * mad, _MIN_SCALE)
 
 
@@ -89,13 +90,13 @@ def robust_z_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> 
     everyone = np.median(values, axis=0)
     peer_median: dict[str, NDArray[np.float64]] = {"*": everyone}
     peer_scale: dict[str, NDArray[np.float64]] = {
-        "*": _scale(np.median(np.abs(values - everyone), axis=0))
+        "*": robust_scale(np.median(np.abs(values - everyone), axis=0))
     }
     for role in np.unique(roles):
         block = values[roles == role]
         median = np.median(block, axis=0)
         peer_median[str(role)] = median
-        peer_scale[str(role)] = _scale(np.median(np.abs(block - median), axis=0))
+        peer_scale[str(role)] = robust_scale(np.median(np.abs(block - median), axis=0))
     findings = []
     start = 0
     while start < len(rows):
@@ -147,7 +148,7 @@ def _entity_findings(
             median = np.median(history, axis=0)
             usual_high = np.maximum(median, np.quantile(history, _USUAL_HIGH, axis=0))
             scale = (
-                _scale(np.median(np.abs(history - median), axis=0))
+                robust_scale(np.median(np.abs(history - median), axis=0))
                 if len(history) >= MIN_HISTORY
                 else peer_scale[role]
             )

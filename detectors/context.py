@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Final
 from policies import matches
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
     from policies import Asset, Grant, Policy, ServiceAccount, Suppression
 
-__all__ = ["WEIGHT_SUFFIXES", "Context", "distinct", "host_class"]
+__all__ = ["WEIGHT_SUFFIXES", "Context", "host_class"]
 
 WEIGHT_SUFFIXES: Final = (
     ".safetensors",
@@ -253,8 +253,3 @@ def _folder_asset(path: str) -> str | None:
         return None
     parts = path.rsplit("/", 2)
     return parts[0] or "/" if len(parts) == 3 else None  # noqa: PLR2004 -- dir/checkpoint/file
-
-
-def distinct(values: Iterable[str]) -> tuple[str, ...]:
-    """``values`` without repeats, in first-seen order."""
-    return tuple(dict.fromkeys(values))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from detectors.baseline import robust_scale
 from detectors.features import rising_features
 from detectors.finding import Finding
 from weightwarden.events import AnalyticType, Severity
@@ -57,7 +58,7 @@ def forest_findings(rows: Sequence[DayRow], role_of: Callable[[str], str]) -> li
         anomaly = -forest.score_samples(block)
         cut = np.quantile(anomaly, 1.0 - TAIL)
         median = np.median(block, axis=0)
-        spread = np.maximum(np.median(np.abs(block - median), axis=0) * 1.4826, 0.25)
+        spread = robust_scale(np.median(np.abs(block - median), axis=0))
         peak = float(anomaly.max())
         for position in np.flatnonzero(anomaly >= cut):
             row = rows[int(index[position])]

@@ -424,10 +424,7 @@ def _first_evidence(store: Store, alert: Alert) -> Access:
             f"alert {alert.id}: its first evidence event is not in the store, so there is "
             "nothing to scope a suppression by; resolve it without --suppress"
         )
-    try:
-        access = access_from_json(events[0].payload)
-    except (ValueError, TypeError):
-        access = None
+    access = access_from_json(events[0].payload)  # None, never an error, for anything else
     if access is None:
         raise UsageError(
             f"alert {alert.id}: its first evidence event is not a file or network access, "
