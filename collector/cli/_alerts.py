@@ -29,6 +29,7 @@ from collector.cli._common import (
     open_from_args,
     parse_since,
     safe,
+    severity_name,
     table,
     utc,
 )
@@ -48,7 +49,6 @@ from weightwarden.events import (
     FindingStatus,
     NetworkActivity,
     ProcessActivity,
-    Severity,
     from_json_line,
 )
 
@@ -169,13 +169,6 @@ def finding_line(alert: Alert) -> str:
 # -- commands ----------------------------------------------------------------------------
 
 
-def _severity(value: int) -> str:
-    try:
-        return Severity(value).name
-    except ValueError:
-        return str(value)
-
-
 def _run_list(args: argparse.Namespace) -> int:
     since = None if args.since is None else parse_since(args.since, now_ms())
     store = open_from_args(args)
@@ -194,7 +187,7 @@ def _run_list(args: argparse.Namespace) -> int:
                 (
                     a.id[:_SHORT_ID],
                     utc(a.created_at),
-                    _severity(a.severity_id),
+                    severity_name(a.severity_id),
                     a.status,
                     a.agent_id or "-",
                     a.title,
@@ -257,7 +250,7 @@ def _show_text(out: TextIO, alert: Alert, events: Sequence[StoredEvent]) -> None
     finding = decode_finding(alert)
     out.write(f"Alert {alert.id}\n")
     out.write(f"  Title:       {safe(alert.title)}\n")
-    out.write(f"  Severity:    {_severity(alert.severity_id)}\n")
+    out.write(f"  Severity:    {severity_name(alert.severity_id)}\n")
     out.write(f"  Status:      {alert.status}")
     if alert.disposition:
         out.write(f" ({alert.disposition})")
@@ -320,7 +313,7 @@ def _event_summary(stored: StoredEvent) -> str:
         what = safe(event.title)
     else:
         what = kind
-    return f"{head}  {_severity(int(event.severity))}  {what}  (uid {safe(event.uid)})"
+    return f"{head}  {severity_name(int(event.severity))}  {what}  (uid {safe(event.uid)})"
 
 
 def _actor(event: FileActivity | ProcessActivity | NetworkActivity) -> str:

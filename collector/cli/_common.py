@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from collector.config import CONFIG_NAME, DEFAULT_DIR, DIR_ENV, load_settings
 from weightwarden.config import parse_duration, parse_since
 from weightwarden.errors import ConfigError, UsageError
+from weightwarden.events import Severity
 
 if TYPE_CHECKING:
     import argparse
@@ -36,6 +37,7 @@ __all__ = [
     "policy_from_args",
     "safe",
     "settings_from_args",
+    "severity_name",
     "table",
     "utc",
 ]
@@ -153,6 +155,14 @@ def utc(ms: int | None) -> str:
     except OverflowError:
         return str(ms)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def severity_name(value: int) -> str:
+    """An OCSF severity id as its name (``CRITICAL``), or the number if it has none."""
+    try:
+        return Severity(value).name
+    except ValueError:
+        return str(value)
 
 
 def safe(text: str | None, limit: int = 0) -> str:

@@ -26,6 +26,7 @@ from collector.cli._common import (
     open_from_args,
     parse_since,
     policy_from_args,
+    severity_name,
     table,
     utc,
 )
@@ -171,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         rows.append(
             (
                 alert.id[:12],
-                _severity(alert.severity_id),
+                severity_name(alert.severity_id).lower(),
                 f"{risk.score:.0f}",
                 utc(risk.day * 86_400_000)[:10],
                 risk.entity,
@@ -181,12 +182,3 @@ def _run(args: argparse.Namespace) -> int:
     if len(rows) > 1:
         sys.stdout.writelines(table(rows, _WIDTHS))
     return 0
-
-
-def _severity(severity_id: int) -> str:
-    from weightwarden.events import Severity  # noqa: PLC0415 -- display only
-
-    try:
-        return Severity(severity_id).name.lower()
-    except ValueError:
-        return str(severity_id)
