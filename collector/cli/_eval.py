@@ -8,9 +8,9 @@ reports per scenario the recall at budgets of 5 and 10 alerts a day per 1,000 en
 overall precision at each budget, AUC-PR and the time detection took.
 
 By default the events are read straight from the file into the detectors. ``--db URL``
-imports them into that store first (as ``collector import`` does) and detects from the
-store, the path ``weightwarden detect`` takes; it is slower (every event is validated,
-canonicalised and stored).
+imports them into that store first, exactly as ``collector import`` does (checks
+included), and detects from the store, the path ``weightwarden detect`` takes; it is
+slower (every event is validated, canonicalised and stored).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from collector.cli._common import now_ms
 from collector.cli._detect import add_judging_options, policy_or_none
-from collector.cli._transfer import decoded_lines, import_events
+from collector.cli._transfer import import_file
 from collector.detection import accesses_from_lines, paused_gc, run_detection
 from collector.evaluation import Evaluation, evaluate, parse_labels
 from collector.policy_file import load_policy
@@ -120,7 +120,7 @@ def _from_store(args: argparse.Namespace, labels: Labels, policy: Policy | None)
 
     store = open_store(args.db)
     try:
-        import_events(store, decoded_lines(str(args.events)), f"import:{args.events.name}")
+        import_file(store, str(args.events), f"import:{args.events.name}")
         start = labels.start if labels.start is not None else 0
         end = labels.end + 1 if labels.end is not None else now_ms()
         run = run_detection(

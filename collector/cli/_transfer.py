@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collector.store import Store
     from weightwarden.events import Event
 
-__all__ = ["decoded_lines", "export_line", "import_events", "register"]
+__all__ = ["check_conflicts", "export_line", "import_events", "import_file", "register"]
 
 _CHUNK: Final = 5000
 _MAX_LINE: Final = 1 << 20
@@ -197,13 +197,24 @@ def import_events(store: Store, events: Iterable[Event], source: str) -> tuple[i
     return seen, new, alerts
 
 
-def decoded_lines(name: str) -> Iterator[Event]:
-    """The events of an OCSF JSON-lines file (``-`` for stdin), decoded one by one.
+def import_file(store: Store, name: str, source: str) -> tuple[int, int, int]:
+    """Check every line of FILE (``-``: stdin) first, then import its events as ``source``.
+
+    Returns:
+        As :func:`import_events`.
 
     Raises:
-        UsageError: The file cannot be read, or a line is not an event (naming the line).
+        UsageError: A line is not an event, or reuses the id of a different recorded event
+            (see :func:`check_conflicts`); nothing is stored then.
     """
-    return _decode(name)
+    if name == "-":  # stdin is read once, checked whole
+        numbered = list(_numbered(name))
+        check_conflicts(store, name, numbered)
+        events: Iterator[Event] = (event for _, event in numbered)
+    else:  # the first pass: every line must decode, and conflict with nothing, first
+        check_conflicts(store, name, _numbered(name))
+        events = _decode(name)
+    return import_events(store, events, source)
 
 
 def _run_import(args: argparse.Namespace) -> int:
@@ -213,14 +224,7 @@ def _run_import(args: argparse.Namespace) -> int:
     source = "import:" + (args.source or Path(name).name)
     store = open_from_args(args)
     try:
-        if name == "-":  # stdin is read once, checked whole
-            numbered = list(_numbered(name))
-            check_conflicts(store, name, numbered)
-            events: Iterator[Event] = (event for _, event in numbered)
-        else:  # the first pass: every line must decode, and conflict with nothing, first
-            check_conflicts(store, name, _numbered(name))
-            events = _decode(name)
-        seen, new, alerts = import_events(store, events, source)
+        seen, new, alerts = import_file(store, name, source)
     finally:
         store.close()
     print(
