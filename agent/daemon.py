@@ -19,6 +19,7 @@ what it already read into the spool, and exit 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -87,7 +88,8 @@ __all__ = ["Daemon", "DaemonStatus"]
 _BATCH = 2000
 _BATCH_WAIT_S = 0.05
 _TICK_S = 1.0
-_EXIT_WAIT_S = 0.25
+_EXIT_WAIT_S = 0.5
+"""The most an attribution waits for the exec watcher to report a gone process's exit."""
 _WORK_QUEUE = 1024
 _SELF_TEST_NAME = ".weightwarden-self-test"
 log = get_logger("agent")
@@ -217,7 +219,13 @@ class Daemon:
             self.exec_watcher = ExecWatcher(self.exec_cache)
             self.exec_watcher.start()
             attribution = "full (proc connector exec cache)"
-            self.attributor = Attributor(cache=self.exec_cache, proc_root=self._proc_root)
+            self.attributor = Attributor(
+                cache=self.exec_cache,
+                proc_root=self._proc_root,
+                await_exit=functools.partial(
+                    self.exec_watcher.wait_for_exit, timeout_s=_EXIT_WAIT_S
+                ),
+            )
         else:
             attribution = f"live /proc only ({probe.reason})"
             self.attributor = Attributor(
@@ -405,11 +413,6 @@ class Daemon:
     # ------------------------------------------------------------------ attribution
 
     def _attribute(self, pid: int, at_monotonic: float) -> Actor:
-        watcher = self.exec_watcher
-        if watcher is not None and not (self._proc_root / str(pid)).exists():
-            # Gone already: the exec watcher's lines trail the kernel's events a little, so
-            # wait (briefly) for its exit record rather than attribute from a fork stub.
-            watcher.wait_for_exit(pid, timeout_s=_EXIT_WAIT_S)
         return actor_from_attribution(self.attributor.attribute(pid, at_monotonic))
 
     def _own_actor(self) -> Actor:

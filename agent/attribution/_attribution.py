@@ -2,8 +2,12 @@
 
 `Attributor.attribute` reads the live process from ``/proc`` when it is still there and is
 the same process (it started no later than the event), and otherwise takes the snapshot
-the exec cache made while the process lived. It never guesses: when neither source knows,
-the attribution is `AttributionQuality.UNKNOWN` and its ``reason`` says why.
+the exec cache made while the process lived. The cache is fed a little after the kernel's
+events (by `ExecWatcher`, in another process), so for a process that has gone, or goes
+while being read, it first waits (``await_exit``, briefly) until the cache has heard of
+that exit: then the exec snapshot is there if one was taken. It never guesses: when
+neither source knows, the attribution is `AttributionQuality.UNKNOWN` and its ``reason``
+says why.
 
 Times are ``time.monotonic()`` seconds. Pass the time the event happened or, when that is
 not known, the time the sensor read it (an upper bound: the access happened before).
@@ -30,6 +34,7 @@ from agent.attribution._procfs import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from agent.attribution._exec_cache import CachedProcess, ExecCache
@@ -72,6 +77,9 @@ class Attributor:
         proc_root: where procfs is mounted.
         max_depth: the most ancestors read for a live process.
         user_name: maps a uid to its name.
+        await_exit: waits until ``cache`` records the exit of the latest process with a
+            pid, returning whether it did (`ExecWatcher.wait_for_exit` with a timeout);
+            ``None`` when the cache is filled synchronously or not at all.
     """
 
     def __init__(
@@ -82,8 +90,10 @@ class Attributor:
         proc_root: Path = PROC,
         max_depth: int = DEFAULT_MAX_DEPTH,
         user_name: UserNameLookup = lookup_user_name,
+        await_exit: Callable[[int], bool] | None = None,
     ) -> None:
         self._cache = cache
+        self._await_exit = await_exit
         self._no_cache_reason = no_cache_reason
         self._proc_root = proc_root
         self._max_depth = max_depth
@@ -99,6 +109,7 @@ class Attributor:
             pid, proc_root=self._proc_root, max_depth=self._max_depth, user_name=self._user_name
         )
         if live.read_quality is ReadQuality.ABSENT:
+            self._settle(pid)
             return self._from_cache(pid, at_time, tick, live_note="the process has exited")
         if (
             live.start_time is not None
@@ -109,6 +120,8 @@ class Attributor:
             )
         if live.read_quality is ReadQuality.VANISHED:
             cached = self._cache_entry(live, at_time, tick)
+            if (cached is None or not cached.info.identified) and self._settle(pid):
+                cached = self._cache_entry(live, at_time, tick)
             if cached is not None and cached.info.identified:
                 return self._cached(pid, at_time, cached, "the process exited while being read")
             quality = (
@@ -142,6 +155,10 @@ class Attributor:
             process=live,
             reason=f"live process, but unreadable: {_names(live.unread)}",
         )
+
+    def _settle(self, pid: int) -> bool:
+        """Wait until the cache has heard that ``pid`` exited; whether it has."""
+        return self._cache is not None and self._await_exit is not None and self._await_exit(pid)
 
     def _cache_entry(self, live: ProcessInfo, at_time: float, tick: float) -> CachedProcess | None:
         if self._cache is None:

@@ -171,6 +171,86 @@ def test_zombie_is_attributed_from_the_snapshot_of_the_same_process(
     assert attribution.process.exe == os.path.realpath(shutil.which("sleep") or "sleep")
 
 
+def _late_snapshot(
+    cache: ExecCache, snapshot: ProcessInfo, asked: list[int]
+) -> Callable[[int], bool]:
+    """An ``await_exit`` that delivers snapshot and exit only when asked: a trailing watcher."""
+
+    def await_exit(pid: int) -> bool:
+        asked.append(pid)
+        _snapshot_into(cache, snapshot)
+        cache.mark_exited(pid, time.monotonic())
+        return True
+
+    return await_exit
+
+
+def test_exited_process_waits_for_the_trailing_exec_snapshot(
+    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
+) -> None:
+    """Gone before its event is read, with the cache not yet told: wait for it, then FROM_CACHE."""
+    child = subprocess.Popen(["sleep", "60"])
+    spawn.append(child)
+    wait_exec(child.pid, "sleep")
+    snapshot = read_process(child.pid)
+    child.kill()
+    child.wait()
+    cache = ExecCache()
+    asked: list[int] = []
+
+    attribution = Attributor(
+        cache=cache, await_exit=_late_snapshot(cache, snapshot, asked)
+    ).attribute(child.pid, time.monotonic())
+
+    assert asked == [child.pid]
+    assert attribution.quality is AttributionQuality.FROM_CACHE
+    assert attribution.process is not None
+    assert attribution.process.cmdline == ("sleep", "60")
+
+
+def test_process_vanishing_mid_read_waits_for_the_trailing_exec_snapshot(
+    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
+) -> None:
+    """A zombie (exe gone) with the cache not yet told: wait for the snapshot, not PARTIAL."""
+    child = subprocess.Popen(["sleep", "60"])
+    spawn.append(child)
+    wait_exec(child.pid, "sleep")
+    snapshot = read_process(child.pid)
+    child.kill()
+    deadline = time.monotonic() + 10
+    while read_process(child.pid, with_parents=False).state != "Z":
+        assert time.monotonic() < deadline, "child did not become a zombie"
+        time.sleep(0.01)
+    cache = ExecCache()
+    asked: list[int] = []
+
+    attribution = Attributor(
+        cache=cache, await_exit=_late_snapshot(cache, snapshot, asked)
+    ).attribute(child.pid, time.monotonic())
+
+    assert asked == [child.pid]
+    assert attribution.quality is AttributionQuality.FROM_CACHE
+    assert attribution.process is not None
+    assert attribution.process.exe == os.path.realpath(shutil.which("sleep") or "sleep")
+
+
+def test_a_live_process_is_not_kept_waiting_for_its_exit(
+    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
+) -> None:
+    """``await_exit`` is only for gone processes: a running one is read at once."""
+    child = subprocess.Popen(["sleep", "60"])
+    spawn.append(child)
+    wait_exec(child.pid, "sleep")
+    asked: list[int] = []
+
+    attribution = Attributor(
+        cache=ExecCache(), await_exit=lambda pid: asked.append(pid) is None
+    ).attribute(child.pid, time.monotonic())
+
+    assert asked == []
+    assert attribution.quality is AttributionQuality.FULL
+
+
 def test_live_process_started_after_the_event_is_not_blamed(
     spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
 ) -> None:
