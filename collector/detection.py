@@ -11,7 +11,10 @@ alert already cites (the canary alert ingest raised the moment it arrived) is no
 again.
 
 An alert's id is derived from its entity and day, so running detection twice over the same
-period raises nothing twice (an alert already stored is kept as it was).
+period raises nothing twice. A later run that finds more about an entity-day already alerted
+(new evidence, or a higher severity: the hourly run at 01:00 saw the first reads, the one at
+15:00 the egress) brings that alert up to date unless it is resolved; its triage state is
+kept. Scores that merely drift as the baselines move do not touch a stored alert.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class DetectionRun:
         alerted: The entity-days raised as alerts (within budget, plus every CRITICAL one).
         alerts: Their alerts, in the same order.
         new_alerts: How many of them were not stored before.
+        updated_alerts: How many stored, unresolved alerts gained evidence or severity.
         daily_budget: Alerts a day the budget allowed.
         already_alerted: Entity-days not raised because stored alerts (ingest's canary,
             seal and copy alerts) already cite every one of their evidence events.
@@ -85,6 +89,7 @@ class DetectionRun:
     alerted: tuple[DailyRisk, ...]
     alerts: tuple[Alert, ...]
     new_alerts: int
+    updated_alerts: int
     daily_budget: int
     already_alerted: int = 0
 
@@ -139,6 +144,11 @@ def _excluded(stored: Iterable[Alert]) -> set[str]:
     return {
         uid for alert in stored if alert.disposition == "false_positive" for uid in alert.evidence
     }
+
+
+def _grew(old: Alert, new: Alert) -> bool:
+    """Whether a run's alert knows more than the stored one: new evidence, higher severity."""
+    return new.severity_id > old.severity_id or not set(old.evidence).issuperset(new.evidence)
 
 
 def _day(day: int) -> str:
@@ -227,13 +237,15 @@ def run_detection(
     kept = [(risk, alert) for risk, alert in raised if not cited.issuperset(risk.evidence)]
     fresh = [risk for risk, _ in kept]
     alerts = [alert for _, alert in kept]
-    known = {alert.id for alert in stored}
+    known = {alert.id: alert for alert in stored}
+    grown = [alert for alert in alerts if (old := known.get(alert.id)) and _grew(old, alert)]
     store.add_alerts(alerts)
     return DetectionRun(
         detection=detection,
         alerted=tuple(fresh),
         alerts=tuple(alerts),
         new_alerts=sum(alert.id not in known for alert in alerts),
+        updated_alerts=store.refresh_alerts(grown, now=now),
         daily_budget=daily,
         already_alerted=len(chosen) - len(fresh),
     )

@@ -143,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
                 "daily_budget": run.daily_budget,
                 "alerts": [alert.id for alert in run.alerts],
                 "new_alerts": run.new_alerts,
+                "updated_alerts": run.updated_alerts,
             },
             sys.stdout,
         )
@@ -161,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{detection.suppressed} suppressed; {len(detection.risks)} risky entity-days; "
         f"{len(run.alerts)} alerts ({run.daily_budget} a day within budget), "
         f"{run.new_alerts} new"
+        + (f", {run.updated_alerts} updated with new evidence" if run.updated_alerts else "")
         + (
             f"; {run.already_alerted} already raised by other alerts citing the same events"
             if run.already_alerted

@@ -303,6 +303,14 @@ class Store(Protocol):
     def add_alerts(self, alerts: Sequence[Alert]) -> None:
         """Store alerts raised outside ingest (detectors run over stored events)."""
 
+    def refresh_alerts(self, alerts: Sequence[Alert], *, now: int) -> int:
+        """Bring stored alerts that are not resolved up to a later run's view of them.
+
+        Severity, title, rule, evidence and finding are replaced; creation time and triage
+        state (status, disposition, note) are kept; ``updated_at`` becomes ``now``. A
+        resolved alert stays as it was closed. Returns how many alerts changed.
+        """
+
     def alerts(self, *, status: AlertStatus | None = None, since: int | None = None) -> list[Alert]:
         """Alerts, newest first; ``since`` compares with ``created_at``."""
 

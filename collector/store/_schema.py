@@ -67,6 +67,7 @@ __all__ = [
     "check_event",
     "event_from_row",
     "event_row",
+    "evidence_json",
     "migrate",
     "postgres_sql",
 ]
@@ -373,9 +374,14 @@ def alert_row(alert: Alert) -> tuple[Any, ...]:
         alert.disposition,
         alert.note,
         alert.agent_id,
-        json.dumps(list(alert.evidence), separators=(",", ":"), ensure_ascii=False),
+        evidence_json(alert.evidence),
         alert.finding,
     )
+
+
+def evidence_json(evidence: Sequence[str]) -> str:
+    """An alert's evidence ids as its column holds them."""
+    return json.dumps(list(evidence), separators=(",", ":"), ensure_ascii=False)
 
 
 def alert_from_row(row: Sequence[Any]) -> Alert:

@@ -45,6 +45,7 @@ from collector.store._schema import (
     check_event,
     event_from_row,
     event_row,
+    evidence_json,
     postgres_sql,
 )
 from policies import Grant, Suppression
@@ -589,6 +590,34 @@ class SqlStore(Generic[C]):
             cursor.executemany(self._q(_INSERT_ALERT), alert_rows)
 
         self._write(work)
+
+    def refresh_alerts(self, alerts: Sequence[Alert], *, now: int) -> int:
+        """Bring stored alerts that are not resolved up to a later run's view of them."""
+        sql = self._q(
+            "UPDATE alerts SET severity_id = ?, title = ?, rule = ?, evidence = ?, finding = ?,"
+            " updated_at = ? WHERE id = ? AND status <> 'resolved'"
+        )
+        rows = [
+            (
+                alert.severity_id,
+                alert.title,
+                alert.rule,
+                evidence_json(alert.evidence),
+                alert.finding,
+                now,
+                alert.id,
+            )
+            for alert in alerts
+        ]
+
+        def work(cursor: C) -> int:
+            changed = 0
+            for row in rows:
+                cursor.execute(sql, row)
+                changed += int(cursor.rowcount)
+            return changed
+
+        return self._write(work) if rows else 0
 
     def alerts(self, *, status: AlertStatus | None = None, since: int | None = None) -> list[Alert]:
         """Alerts, newest first (by ``created_at``, then id); ``since`` is inclusive."""

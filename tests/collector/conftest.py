@@ -293,6 +293,26 @@ class MemoryStore:
             self.alert_rows[found.id] = updated
             return updated
 
+    def refresh_alerts(self, alerts: Sequence[Alert], *, now: int) -> int:
+        """Bring unresolved alerts up to a later view, keeping creation and triage."""
+        changed = 0
+        with self.lock:
+            for alert in alerts:
+                old = self.alert_rows.get(alert.id)
+                if old is None or old.status == "resolved":
+                    continue
+                self.alert_rows[alert.id] = dataclasses.replace(
+                    old,
+                    severity_id=alert.severity_id,
+                    title=alert.title,
+                    rule=alert.rule,
+                    evidence=alert.evidence,
+                    finding=alert.finding,
+                    updated_at=now,
+                )
+                changed += 1
+        return changed
+
     # grants and suppressions
     def add_grant(self, grant: Grant) -> None:
         """Keep a grant; its id must be new."""

@@ -142,6 +142,49 @@ def test_running_detection_twice_over_a_period_raises_nothing_twice(record):
     assert len(record.alerts()) == len(first.alerts)
 
 
+STEP8 = "/data/ckpt/frontier/step-8/model-1.safetensors"
+
+
+def test_a_later_run_brings_an_open_alert_up_to_date_and_keeps_its_triage(record, make):
+    """Mallory reads again that afternoon: the next run adds the new evidence to her alert."""
+    first = detect_day10(record)
+    alert = first.alerts[[r.entity for r in first.alerted].index("mallory")]
+    record.update_alert(alert.id, status="acknowledged", disposition="benign", note="?", now=1)
+    afternoon = MONDAY + 10 * DAY + 16 * HOUR
+    later = make.read_session("mallory", STEP8, afternoon)
+    store_events(record, later)
+
+    again = detect_day10(record)
+
+    assert (again.new_alerts, again.updated_alerts) == (0, 1)
+    refreshed = record.alert(alert.id)
+    assert set(alert.evidence) < set(refreshed.evidence)
+    assert {event.uid for event in later} & set(refreshed.evidence)
+    assert (refreshed.created_at, refreshed.status, refreshed.note) == (
+        alert.created_at,
+        "acknowledged",
+        "?",
+    )
+    assert detect_day10(record).updated_alerts == 0  # nothing new: nothing touched
+
+
+def test_a_resolved_alert_is_left_as_it_was_closed(record, make):
+    """Evidence that arrives after an alert was resolved does not reopen or rewrite it."""
+    first = detect_day10(record)
+    alert = first.alerts[[r.entity for r in first.alerted].index("mallory")]
+    closed = record.update_alert(
+        alert.id, status="resolved", disposition="true_positive", note="done", now=1
+    )
+    afternoon = MONDAY + 10 * DAY + 16 * HOUR
+    store_events(
+        record,
+        make.read_session("mallory", STEP8, afternoon),
+    )
+
+    assert detect_day10(record).updated_alerts == 0
+    assert record.alert(alert.id) == closed
+
+
 def test_a_budget_keeps_the_riskiest_days_and_never_drops_a_critical_one(record):
     """A budget of one alert a day keeps the canary (CRITICAL) and the riskiest other day."""
     run = detect_day10(record, budget=0.001)

@@ -56,6 +56,7 @@ def test_detect_raises_the_unauthorised_read_and_says_what_it_examined(collector
     policy = tmp_path / "policy.toml"
     again = ww("detect", "--dir", collector, "--policy", policy, "--format", "json")
     assert json.loads(again.stdout)["new_alerts"] == 0
+    assert json.loads(again.stdout)["updated_alerts"] == 0
 
 
 def test_detect_without_a_policy_fails_closed_unless_told_to_run_without_one(collector, ww):

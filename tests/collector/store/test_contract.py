@@ -619,6 +619,46 @@ def test_update_alert_records_the_triage_decision(store: Store) -> None:
     )
 
 
+def test_refresh_alerts_updates_open_alerts_and_leaves_resolved_ones_as_closed(
+    store: Store,
+) -> None:
+    """refresh_alerts replaces what was found, keeps creation and triage, skips resolved."""
+    store.add_alerts(
+        [
+            alert("open-1", created_at=5, note="looking"),
+            alert("closed-2", created_at=6, status="resolved"),
+        ]
+    )
+    store.update_alert("open-1", status="acknowledged", disposition="benign", note=None, now=7)
+    later = {
+        "severity_id": 5,
+        "title": "more found",
+        "rule": "weightwarden.rule.read_then_egress",
+        "evidence": ("e1", "e2", "e3"),
+        "finding": '{"more":true}',
+    }
+    changed = store.refresh_alerts(
+        [
+            alert("open-1", created_at=99, **later),
+            alert("closed-2", created_at=99, **later),
+            alert("never-stored", **later),
+        ],
+        now=50,
+    )
+    assert changed == 1
+    refreshed = found(store, "open-1")
+    assert (refreshed.created_at, refreshed.updated_at) == (5, 50)
+    assert (refreshed.status, refreshed.disposition, refreshed.note) == (
+        "acknowledged",
+        "benign",
+        "looking",
+    )
+    assert {key: getattr(refreshed, key) for key in later} == later
+    assert store.alert("closed-2") == alert("closed-2", created_at=6, status="resolved")
+    assert store.alert("never-stored") is None
+    assert store.refresh_alerts([], now=60) == 0
+
+
 # -- access grants and suppressions --------------------------------------------------------
 
 
