@@ -33,7 +33,7 @@ from detectors.access import access_from_ocsf
 from detectors.context import Context
 from detectors.engine import detect
 from detectors.finding import DAY_MS
-from detectors.risk import per_day, within_budget
+from detectors.risk import REPEAT_DAYS, per_day, within_budget
 from weightwarden.errors import UsageError
 from weightwarden.events import (
     Analytic,
@@ -43,7 +43,7 @@ from weightwarden.events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from collector.store import Alert, Store
     from detectors.access import Access
@@ -155,11 +155,35 @@ def _day(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
 
 
+def _alert_id(entity: str, day: int) -> str:
+    """The id of the alert for one entity's UTC day (days since the epoch)."""
+    key = "\x1f".join(("weightwarden.risk.daily", entity, str(day)))
+    return "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _earlier_alerts(detection: Detection, stored: Iterable[Alert]) -> dict[tuple[str, int], str]:
+    """(entity, day) to leading rule of the stored alerts on the run's entities' recent days.
+
+    Covers the period's days and the :data:`~detectors.risk.REPEAT_DAYS` before, so an
+    alert an earlier run raised holds its slot and is an open case (see ``within_budget``).
+    """
+    if not detection.risks:
+        return {}
+    by_id = {alert.id: alert for alert in stored}
+    days = [risk.day for risk in detection.risks]
+    span = range(min(days) - REPEAT_DAYS, max(days) + 1)
+    earlier = {}
+    for entity in {risk.entity for risk in detection.risks}:
+        for day in span:
+            if (alert := by_id.get(_alert_id(entity, day))) is not None:
+                earlier[entity, day] = alert.rule
+    return earlier
+
+
 def alert_for(risk: DailyRisk, *, now: int) -> Alert:
     """The alert for one entity-day: the top finding's rule, every finding explained."""
     top = risk.findings[0]
-    key = "\x1f".join(("weightwarden.risk.daily", risk.entity, str(risk.day)))
-    finding_uid = "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    finding_uid = _alert_id(risk.entity, risk.day)
     lines = [
         f"- {f.name} (score {f.score:.0f}): {f.title}. {f.reason}"
         for f in risk.findings[:_MAX_FINDINGS_SHOWN]
@@ -185,10 +209,18 @@ def alert_for(risk: DailyRisk, *, now: int) -> Alert:
     return alert_from_finding(finding, agent_id=None, now=now)
 
 
-def alerted_days(detection: Detection, *, budget: float) -> tuple[list[DailyRisk], int]:
-    """The entity-days a run raises and the daily budget they were cut to."""
+def alerted_days(
+    detection: Detection,
+    *,
+    budget: float,
+    earlier: Mapping[tuple[str, int], str] | None = None,
+) -> tuple[list[DailyRisk], int]:
+    """The entity-days a run raises and the daily budget they were cut to.
+
+    ``earlier``: the alerts earlier runs raised (see :func:`_earlier_alerts`).
+    """
     daily = per_day(budget, detection.entities)
-    chosen = within_budget(detection.risks, daily=daily)
+    chosen = within_budget(detection.risks, daily=daily, earlier=earlier)
     taken = {(risk.entity, risk.day) for risk in chosen}
     chosen += [
         risk
@@ -230,7 +262,9 @@ def run_detection(
     with paused_gc():
         accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
         detection = detect(accesses, context, excluded=_excluded(stored), report_from=since)
-    chosen, daily = alerted_days(detection, budget=budget)
+    chosen, daily = alerted_days(
+        detection, budget=budget, earlier=_earlier_alerts(detection, stored)
+    )
     raised = [(risk, alert_for(risk, now=now)) for risk in chosen]
     ours = {alert.id for _, alert in raised}
     cited = {uid for alert in stored if alert.id not in ours for uid in alert.evidence}

@@ -19,7 +19,7 @@ from detectors.finding import Finding, day_of
 from weightwarden.events import Severity
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["MIN_ALERT_RISK", "REPEAT_DAYS", "DailyRisk", "per_day", "roll_up", "within_budget"]
 
@@ -106,7 +106,11 @@ def per_day(alerts_per_thousand: float, entities: int) -> int:
 
 
 def within_budget(
-    risks: Iterable[DailyRisk], *, daily: int, minimum: float = MIN_ALERT_RISK
+    risks: Iterable[DailyRisk],
+    *,
+    daily: int,
+    minimum: float = MIN_ALERT_RISK,
+    earlier: Mapping[tuple[str, int], str] | None = None,
 ) -> list[DailyRisk]:
     """The ``daily`` riskiest items of each day at or above ``minimum``, riskiest first.
 
@@ -116,24 +120,39 @@ def within_budget(
     same leading rule is an open case, not a new one: its day ranks at half its risk, so
     one ongoing incident does not take the budget from new ones every day (it still makes
     the cut on a quiet day, and any new kind of evidence ranks in full).
+
+    ``earlier`` maps (entity, day) to the leading rule of alerts raised by earlier runs
+    (an hourly run sees the day that the run an hour ago alerted on). Those open cases
+    count as such, and an item already alerted is kept and holds its slot: an alert once
+    raised is not taken back, and later runs of a day fill only the slots left, so a day
+    never gets more than ``daily`` alerts however often detection runs.
     """
+    earlier = earlier or {}
     by_day: dict[int, list[DailyRisk]] = {}
     for risk in risks:
-        if risk.score >= minimum:
+        if risk.score >= minimum or (risk.entity, risk.day) in earlier:
             by_day.setdefault(risk.day, []).append(risk)
-    open_cases: dict[tuple[str, str], int] = {}
+    alerted: dict[tuple[str, str], set[int]] = {}
+    for (entity, day), rule in earlier.items():
+        alerted.setdefault((entity, rule), set()).add(day)
     kept = []
     for day in sorted(by_day):
 
-        def rank(risk: DailyRisk, day: int = day) -> tuple[bool, float, int, str]:
-            since = open_cases.get((risk.entity, risk.findings[0].rule))
-            repeat = since is not None and day - since <= REPEAT_DAYS
+        def rank(risk: DailyRisk, day: int = day) -> tuple[bool, bool, float, int, str]:
+            days = alerted.get((risk.entity, risk.findings[0].rule), set())
+            repeat = any(day - back in days for back in range(1, REPEAT_DAYS + 1))
             score = risk.score * _REPEAT_WEIGHT if repeat else risk.score
-            return (risk.severity < Severity.CRITICAL, -score, -risk.severity, risk.entity)
+            return (
+                (risk.entity, day) not in earlier,
+                risk.severity < Severity.CRITICAL,
+                -score,
+                -risk.severity,
+                risk.entity,
+            )
 
         chosen = sorted(by_day[day], key=rank)[:daily]
         for risk in chosen:
-            open_cases[risk.entity, risk.findings[0].rule] = day
+            alerted.setdefault((risk.entity, risk.findings[0].rule), set()).add(day)
         kept.extend(chosen)
     kept.sort(key=lambda r: (-r.score, -r.severity, r.day, r.entity))
     return kept

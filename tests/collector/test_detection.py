@@ -185,6 +185,36 @@ def test_a_resolved_alert_is_left_as_it_was_closed(record, make):
     assert record.alert(alert.id) == closed
 
 
+def test_hourly_runs_never_raise_more_than_the_days_budget(sqlite_store, make):
+    """The morning run fills the day's one slot; the afternoon's riskier reader waits."""
+    read = make.read_session
+    day10 = MONDAY + 10 * DAY
+    store_events(sqlite_store, ordinary_days(read, 10))
+    store_events(sqlite_store, read("mallory", STEP8, day10 + 3 * HOUR))
+    morning = detect_day10(sqlite_store, budget=0.001)
+    assert [risk.entity for risk in morning.alerted] == ["mallory"]
+    store_events(
+        sqlite_store,
+        [
+            event
+            for step in range(10)
+            for shard in range(2)
+            for event in read(
+                "r2",
+                f"/data/ckpt/frontier/step-{step}/model-{shard}.safetensors",
+                day10 + 14 * HOUR + step * 1000 + shard,
+            )
+        ],
+    )
+
+    afternoon = detect_day10(sqlite_store, budget=0.001)
+
+    risk = {r.entity: r.score for r in afternoon.detection.risks}
+    assert risk["r2"] > risk["mallory"]  # r2 would take the slot if it were free
+    assert [r.entity for r in afternoon.alerted] == ["mallory"]
+    assert [alert.id for alert in sqlite_store.alerts()] == [morning.alerts[0].id]
+
+
 def test_a_budget_keeps_the_riskiest_days_and_never_drops_a_critical_one(record):
     """A budget of one alert a day keeps the canary (CRITICAL) and the riskiest other day."""
     run = detect_day10(record, budget=0.001)

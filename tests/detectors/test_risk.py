@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detectors.finding import DAY_MS, Finding
-from detectors.risk import MIN_ALERT_RISK, per_day, roll_up, within_budget
+from detectors.risk import MIN_ALERT_RISK, REPEAT_DAYS, per_day, roll_up, within_budget
 from weightwarden.events import AnalyticType, Severity
 
 
@@ -91,3 +91,22 @@ def test_a_critical_day_takes_the_budget_before_a_riskier_high_one():
     risks = roll_up([canary, finding("bob", 10, "a", 90, "e2"), finding("bob", 10, "b", 100, "e3")])
     assert [r.entity for r in risks] == ["bob", "ann"]
     assert [r.entity for r in within_budget(risks, daily=1)] == ["ann"]
+
+
+def test_an_alert_from_an_earlier_run_holds_its_slot_and_is_kept():
+    """The 09:00 run alerted ann; at 15:00 bob is riskier, but the day's one slot is taken."""
+    risks = roll_up([finding("ann", 10, "a", 50, "e1"), finding("bob", 10, "b", 90, "e2")])
+    earlier = {("ann", 10): "a"}
+    assert [r.entity for r in within_budget(risks, daily=1, earlier=earlier)] == ["ann"]
+    both = within_budget(risks, daily=2, earlier=earlier)
+    assert {r.entity for r in both} == {"ann", "bob"}
+
+
+def test_an_alert_from_an_earlier_run_is_an_open_case_the_next_days():
+    """Ann was alerted for rule a by yesterday's run: today bob's new case goes first."""
+    risks = roll_up([finding("ann", 11, "a", 70, "e1"), finding("bob", 11, "b", 60, "e2")])
+    assert [r.entity for r in within_budget(risks, daily=1)] == ["ann"]
+    earlier = {("ann", 10): "a"}
+    assert [r.entity for r in within_budget(risks, daily=1, earlier=earlier)] == ["bob"]
+    long_ago = {("ann", 11 - REPEAT_DAYS - 1): "a"}
+    assert [r.entity for r in within_budget(risks, daily=1, earlier=long_ago)] == ["ann"]
