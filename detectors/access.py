@@ -5,6 +5,12 @@ dataclasses: :func:`access_from_ocsf` reads the few attributes the detectors use
 decoded OCSF object (see :mod:`weightwarden.events`) into one flat, frozen record.
 Events that concern no person's access (findings, audit items) give ``None``.
 
+Other OCSF producers can sit in front of detection (DESIGN.md decision 7): what is read
+are OCSF's own attributes (``device.hostname``, else ``device.name``; ``actor.user``, else
+``actor.process.user``; ``dst_endpoint.hostname``, else ``domain``; ``traffic.bytes_out``),
+and weightwarden's extensions under ``unmapped.weightwarden`` (bytes read, sessions, canary,
+seal, copy source) only add to them.
+
 Who: ``user`` is the person, the audit login user when known (it survives ``sudo``), else
 the effective user; ``account`` is the effective user the process ran as. A name is
 preferred to a uid; a user known only by uid is ``uid:1001``; nobody known is
@@ -179,7 +185,9 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901,
     if type(uid) is not str or type(time) is not int:
         return None
     device = obj.get("device")
-    host = (_text(device, "hostname") if type(device) is dict else None) or ""
+    host = (
+        _text(device, "hostname") or _text(device, "name") if type(device) is dict else None
+    ) or ""
     actor = obj.get("actor")
     if type(actor) is not dict:
         actor = _NOBODY
@@ -222,7 +230,7 @@ def access_from_ocsf(obj: Mapping[str, object]) -> Access | None:  # noqa: C901,
             *common,
             AccessKind.CONNECT,
             dst_ip=_text(dst, "ip"),
-            dst_host=_text(dst, "hostname"),
+            dst_host=_text(dst, "hostname") or _text(dst, "domain"),
             dst_port=_int(dst.get("port")),
             bytes_out=bytes_out or 0,
             session=session,
