@@ -14,6 +14,12 @@ With ``--store``, the first seed's events are also imported into a fresh SQLite 
 ``weightwarden detect`` runs over the whole period from the store, the path a deployment
 takes; both are timed end to end (process start-up included).
 
+With ``--hourly H`` as well, a copy of that imported collector is then run the way
+``systemd/weightwarden-detect.timer`` runs a deployment: ``detect --since`` 24 hours before
+``--until`` every H hours of the last ``--hourly-days`` days, as if the clock stood there,
+and the alerts each day ends up with are counted against the day's budget (CRITICAL alerts
+are outside the budget by design and counted apart).
+
 The totals line adds up incidents over all seeds, against the issue's targets: same-day
 recall 100 % for canary, tamper and unapproved access; >= 95 % same-day for loud
 exfiltration (personal cloud, remote host); >= 80 % within 7 days for low-and-slow;
@@ -23,7 +29,7 @@ detection over 1,000,000 events in <= 30 s.
 Usage::
 
     .venv/bin/python benchmarks/detect.py [--users 1000] [--weeks 4] [--seeds 101,202,303]
-        [--store] [--dir DIR] [--keep]
+        [--store [--hourly H] [--hourly-days D]] [--dir DIR] [--keep]
 
 The machine's load average is printed at the start and the end: compare runs made under
 similar load.
@@ -148,7 +154,15 @@ def keep_grants(collector: Path, labels: dict[str, object]) -> None:
         store.close()
 
 
-def store_path(directory: Path, events: Path, labels: dict[str, object], policy: Path) -> None:
+def store_path(
+    directory: Path,
+    events: Path,
+    labels: dict[str, object],
+    policy: Path,
+    *,
+    hourly_h: int | None = None,
+    hourly_days: int = 3,
+) -> None:
     """Import into a fresh SQLite collector and run ``detect`` over the period, timed."""
     collector = directory / "collector"
     weightwarden("collector", "init", "--dir", collector)
@@ -156,6 +170,8 @@ def store_path(directory: Path, events: Path, labels: dict[str, object], policy:
     weightwarden("collector", "import", events, "--format", "ocsf", "--dir", collector)
     imported = time.perf_counter() - started
     keep_grants(collector, labels)
+    if hourly_h is not None:
+        shutil.copytree(collector, directory / "collector-hourly")
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["start"]) / 1000))  # type: ignore[call-overload]
     until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["end"]) / 1000 + 1))  # type: ignore[call-overload]
     started = time.perf_counter()
@@ -179,6 +195,67 @@ def store_path(directory: Path, events: Path, labels: dict[str, object], policy:
         f"{detected:.1f} s end to end = {result['events'] / detected:,.0f} events/s; "
         f"{len(result['alerts'])} alerts ({result['daily_budget']} a day)"
     )
+    if hourly_h is not None:
+        hourly(directory / "collector-hourly", labels, policy, hourly_h, hourly_days)
+
+
+_CRITICAL = 5
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+
+def iso(ms: int) -> str:
+    """A UTC time as ``detect`` reads it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+
+
+def hourly(
+    collector: Path, labels: dict[str, object], policy: Path, step_h: int, days: int
+) -> None:
+    """Run ``detect`` as the hourly timer would over the last days; count each day's alerts."""
+    end = int(labels["end"]) + 1  # type: ignore[call-overload]
+    first_day = end // _DAY_MS - days + 1
+    budget = 0
+    runs = 0
+    started = time.perf_counter()
+    for now in range(
+        first_day * _DAY_MS + step_h * _HOUR_MS, end + step_h * _HOUR_MS, step_h * _HOUR_MS
+    ):
+        until = min(now, end)
+        out = weightwarden(
+            "detect",
+            "--dir",
+            collector,
+            "--policy",
+            policy,
+            "--since",
+            iso(until - _DAY_MS),
+            "--until",
+            iso(until),
+            "--format",
+            "json",
+        )
+        budget = json.loads(out.stdout)["daily_budget"]
+        runs += 1
+    listed = weightwarden("alerts", "list", "--dir", collector, "--format", "ocsf").stdout
+    per_day: dict[int, list[int]] = {}
+    for line in listed.splitlines():
+        finding = json.loads(line)
+        title = finding["finding_info"]["title"]
+        if " risk " not in title[:20]:  # an ingest-time alert from the import, not detection
+            continue
+        day = finding["time"] // _DAY_MS
+        per_day.setdefault(day, []).append(finding["severity_id"])
+    print(
+        f"hourly: {runs} runs of detect --since 24h, every {step_h} h over the last {days} days "
+        f"({time.perf_counter() - started:.0f} s); budget {budget} a day"
+    )
+    for day in range(first_day - 1, (end - 1) // _DAY_MS + 1):
+        severities = per_day.get(day, [])
+        critical = sum(s >= _CRITICAL for s in severities)
+        within = len(severities) - critical
+        verdict = "within budget" if within <= budget else f"OVER budget by {within - budget}"
+        print(f"  {iso(day * _DAY_MS)[:10]}: {within} alerts + {critical} CRITICAL: {verdict}")
 
 
 def main() -> None:
@@ -188,6 +265,10 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=4)
     parser.add_argument("--seeds", default="101,202,303")
     parser.add_argument("--store", action="store_true", help="also time import + detect")
+    parser.add_argument(
+        "--hourly", type=int, metavar="H", help="with --store: also run detect every H hours"
+    )
+    parser.add_argument("--hourly-days", type=int, default=3, metavar="D")
     parser.add_argument("--dir", type=Path, help="work here (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
@@ -221,7 +302,14 @@ def main() -> None:
             report(seed, result)
             if args.store and index == 0:
                 doc = json.loads(labels.read_text())
-                store_path(directory, events, doc, labels.parent / doc["policy"])
+                store_path(
+                    directory,
+                    events,
+                    doc,
+                    labels.parent / doc["policy"],
+                    hourly_h=args.hourly,
+                    hourly_days=args.hourly_days,
+                )
             if not args.keep:
                 events.unlink()
         totals(results)

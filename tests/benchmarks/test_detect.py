@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_detection_speed_recall_and_the_store_path_are_printed(tmp_path: Path) -> None:
-    """One tiny seed: speed, per-budget precision, the store path, and the targets table."""
+    """One tiny seed: speed, precision, the store path, hourly runs, the targets table."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -27,6 +27,10 @@ def test_detection_speed_recall_and_the_store_path_are_printed(tmp_path: Path) -
             "--seeds",
             "5",
             "--store",
+            "--hourly",
+            "12",
+            "--hourly-days",
+            "2",
             "--dir",
             str(tmp_path),
         ],
@@ -41,6 +45,9 @@ def test_detection_speed_recall_and_the_store_path_are_printed(tmp_path: Path) -
     assert "budget 5/1,000/day" in out
     assert "budget 10/1,000/day" in out
     assert re.search(r"store path: import [\d.]+ s; detect over [\d,]+ stored events", out), out
+    assert re.search(r"hourly: \d+ runs of detect --since 24h, every 12 h", out), out
+    assert re.search(r"  \d{4}-\d{2}-\d{2}: \d+ alerts \+ \d+ CRITICAL: within budget", out), out
+    assert "OVER budget" not in out
     assert "canary_touch" in out
     assert "target same day >= 100%" in out
     assert "load average at end: " in out
