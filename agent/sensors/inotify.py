@@ -429,9 +429,7 @@ class InotifySensor(LoopSensor):
             self._event(wd, mask, cookie, name, now)
 
     def _event(self, wd: int, mask: int, cookie: int, name: str, now: float) -> None:
-        if self._moves and not (mask & IN_MOVED_TO and cookie in self._moves):
-            # A rename's two halves are queued back to back; anything else in between
-            # means the name left the roots. Report it now, in order.
+        if self._moves and self._interrupts_moves(wd, mask, cookie, name):
             self._flush_moves(now)
         if mask & IN_Q_OVERFLOW:
             self._overflow(now)
@@ -452,6 +450,29 @@ class InotifySensor(LoopSensor):
             return
         path = _join(base, name) if name else base
         self._path_event(path, mask, cookie, now, is_dir=bool(mask & IN_ISDIR))
+
+    def _interrupts_moves(self, wd: int, mask: int, cookie: int, name: str) -> bool:
+        """Whether the pending renames must be reported as names gone before this event.
+
+        One syscall queues a rename's two halves, but events of other processes on other
+        CPUs (the sensor's own listing of a new folder, a reader in the tree) can fall
+        between them. Only an event about a pending name itself, or about something inside
+        it, must not be reported ahead of that name's departure; anything else leaves the
+        pair to be completed by its MOVED_TO, or reported as gone at the end of the read.
+        """
+        if mask & IN_MOVED_TO and cookie in self._moves:
+            return False
+        if mask & IN_Q_OVERFLOW:
+            return True
+        if mask & IN_ISDIR and mask & (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):
+            return False  # a folder opened or closed (listed): reports nothing
+        base = self._wd_path.get(wd)
+        if base is None:
+            return False
+        path = _join(base, name) if name else base
+        return any(
+            path == gone or path.startswith(gone + "/") for gone, _is_dir in self._moves.values()
+        )
 
     def _path_event(self, path: str, mask: int, cookie: int, now: float, *, is_dir: bool) -> None:
         if mask & (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):

@@ -121,6 +121,46 @@ def test_a_renamed_folder_reports_its_new_paths(weights: Path, recorder) -> None
 
 
 @pytest.mark.usefixtures("sensor")
+def test_renames_stay_whole_while_other_processes_work_in_the_tree(weights: Path, recorder) -> None:
+    """Events of other processes can fall between a rename's two halves: still one RENAME.
+
+    A reader lists the root and reads a file in a loop while folders and files are renamed
+    back and forth; every rename must come out as one RENAME, never as a name that left
+    the roots (MOVED_FROM) and another that arrived from outside (MOVED_TO).
+    """
+    renames = 300
+    (weights / "d0").mkdir()
+    (weights / "f0").write_bytes(b"f")
+    recorder.wait_for_kind(CREATE, weights / "f0")
+    stop = threading.Event()
+
+    def busy() -> None:
+        model = weights / "model.safetensors"
+        while not stop.is_set():
+            list(weights.iterdir())
+            model.read_bytes()
+
+    readers = [threading.Thread(target=busy) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for n in range(renames // 2):
+            (weights / f"d{n}").rename(weights / f"d{n + 1}")
+            (weights / f"f{n}").rename(weights / f"f{n + 1}")
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    last = weights / f"f{renames // 2}"
+    recorder.wait_for(lambda r: r.kind is SensorEventKind.RENAME and r.other_path == last)
+    one_sided = recorder.matching(
+        lambda r: r.kind in (SensorEventKind.MOVED_FROM, SensorEventKind.MOVED_TO)
+    )
+    assert one_sided == []
+    assert len(recorder.matching(lambda r: r.kind is SensorEventKind.RENAME)) == renames
+
+
+@pytest.mark.usefixtures("sensor")
 def test_moves_across_the_root_boundary_are_reported_as_one_sided(
     weights: Path, outside: Path, recorder
 ) -> None:
