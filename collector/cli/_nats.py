@@ -10,8 +10,6 @@ reached or a worker stops on its own (systemd restarts it).
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import TYPE_CHECKING, Any
 
 from collector.cli._common import add_store_options, collector_dir, now_ms
@@ -19,10 +17,10 @@ from collector.config import load_settings
 from collector.ingest import IngestLimits
 from weightwarden.errors import UsageError
 from weightwarden.log import get_logger
+from weightwarden.stop_signals import StopSignals
 
 if TYPE_CHECKING:
     import argparse
-    from types import FrameType
 
 __all__ = ["register"]
 
@@ -108,20 +106,13 @@ def _run(args: argparse.Namespace) -> int:
             max_body_bytes=settings.config.limits.max_body_bytes,
             max_events=settings.config.limits.max_events_per_batch,
         )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        get_logger("collector").info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with StopSignals() as signals:
         serve_nats(
             servers,
             stream=args.stream,
             durable=args.durable,
             db=db,
-            stop=stop,
+            stop=signals.event,
             workers=args.workers,
             subject_prefix=args.subject_prefix,
             limits=limits,
@@ -132,7 +123,6 @@ def _run(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout,
             clock=now_ms,
         )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if signals.received is not None:
+            get_logger("collector").info("stopped", signal=signals.received)
     return 0

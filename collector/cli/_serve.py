@@ -42,11 +42,11 @@ from collector.http import (
 from collector.ingest import IngestLimits, Ingestor
 from weightwarden.errors import ConfigError, UsageError
 from weightwarden.log import get_logger
+from weightwarden.stop_signals import StopSignals
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from types import FrameType
 
 _WORKER_START_SECONDS = 60.0
 _INTERNAL = 70
@@ -194,25 +194,16 @@ def _tls_and_public_key(settings: CollectorSettings) -> tuple[ssl.SSLContext | N
 
 
 def _serve_until_signalled(server: CollectorServer, *, notify: bool = True) -> None:
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        get_logger("collector").info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with StopSignals() as signals:
         server.start()
         if notify:
             _notify("READY=1")
-        while not stop.wait(1.0):
+        while not signals.event.wait(1.0):
             pass
+        get_logger("collector").info("stopping", signal=signals.received)
         if notify:
             _notify("STOPPING=1")
         server.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -249,29 +240,23 @@ class _Workers:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (0) or until a worker dies (70)."""
         ready_r, ready_w = os.pipe()
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            for index in range(self._count):
-                self._fork(index, ready_r, ready_w)
-            os.close(ready_w)
-            code = self._wait_ready(ready_r)
-            if code is None:
-                self._log.info("collector listening", url=self._url, workers=self._count)
-                _notify("READY=1")
-                code = self._supervise()
-                _notify("STOPPING=1")
-        finally:
-            os.close(ready_r)
-            self._stop_all()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with StopSignals(self._stop) as signals:
+            try:
+                for index in range(self._count):
+                    self._fork(index, ready_r, ready_w)
+                os.close(ready_w)
+                code = self._wait_ready(ready_r)
+                if code is None:
+                    self._log.info("collector listening", url=self._url, workers=self._count)
+                    _notify("READY=1")
+                    code = self._supervise()
+                    _notify("STOPPING=1")
+                if signals.received is not None:
+                    self._log.info("stopping", signal=signals.received)
+            finally:
+                os.close(ready_r)
+                self._stop_all()
         return code
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._log.info("stopping", signal=signal.Signals(signum).name)
-        self._stop.set()
 
     def _fork(self, index: int, ready_r: int, ready_w: int) -> None:
         sys.stdout.flush()

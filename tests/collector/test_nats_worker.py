@@ -819,6 +819,43 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
     assert (stats.refused, stats.gaps, stats.quarantined) == (0, 0, 0)
 
 
+def test_the_worker_command_stops_on_sigterm_storing_what_it_took_and_exits_0(
+    bench: Bench, tmp_path: Path, ww_argv: list[str]
+) -> None:
+    """`collector nats-worker` given SIGTERM twice, as systemd and a parent's death may: exit 0."""
+    store, names = bench.store, bench.names
+    agent = bench.agent()
+    log_path = tmp_path / "worker.log"
+    argv = [
+        *ww_argv,
+        *("collector", "nats-worker", "--servers", NATS_URL, "--stream", names.stream),
+        *("--durable", names.durable, "--subject-prefix", names.prefix, "--db", bench.target),
+    ]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+
+        def consuming() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(Exception):  # no stream until the worker makes it
+                return consumer(bench.js, names) is not None
+            return False
+
+        wait_for(consuming, "the worker to consume")
+        for body in agent.batches(3, 10):
+            bench.publish(agent, body)
+        wait_for(lambda: len(seqs(store, agent.agent_id)) == 30, "the batches stored")
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "SIGTERM" in log_path.read_text()
+    assert seqs(store, agent.agent_id) == list(range(1, 31))
+
+
 # -- stream, consumer, start ----------------------------------------------------------------
 
 

@@ -34,7 +34,12 @@ class Collector:
     def __init__(self, argv: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if k != "WEIGHTWARDEN_COLLECTOR_DIR"}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group: teardown reaches orphaned workers
         )
         self.lines: list[dict] = []
         self.listening = threading.Event()
@@ -70,9 +75,15 @@ class Collector:
                 return err.code, json.loads(err.read())
 
     def close(self) -> None:
-        """Wait for the log reader and close the pipe."""
+        """Kill whatever of the service is left (workers included), then close the log pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._reader.join(timeout=10)
-        if self.proc.stderr is not None:
+        # A reader still blocked in read() holds the pipe's lock: closing would wait for it.
+        if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
 
     def stop(self) -> int:
@@ -102,9 +113,6 @@ def served(collector_dir, ww_argv) -> Iterator[Collector]:
         assert collector.url.startswith("http://127.0.0.1:"), collector.lines
         yield collector
     finally:
-        if collector.proc.poll() is None:
-            collector.proc.kill()
-            collector.proc.wait(timeout=30)
         collector.close()
 
 
@@ -229,9 +237,6 @@ def workers(collector_dir, ww_argv) -> Iterator[Collector]:
         assert collector.listening.wait(60), collector.lines
         yield collector
     finally:
-        if collector.proc.poll() is None:
-            collector.proc.kill()
-            collector.proc.wait(timeout=30)
         collector.close()
 
 
