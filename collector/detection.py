@@ -243,6 +243,9 @@ def run_detection(
 ) -> DetectionRun:
     """Detect over ``[since, until)`` and store the alerts.
 
+    The period starts at the beginning of the UTC day ``since`` falls in: alerts and the
+    budget are per day, so a run that starts mid-day judges the whole of that day.
+
     Args:
         store: The record.
         policy: The policy, or None to run without one (authorisation rules stay silent).
@@ -261,7 +264,10 @@ def run_detection(
     stored = store.alerts()
     with paused_gc():
         accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
-        detection = detect(accesses, context, excluded=_excluded(stored), report_from=since)
+        # Alerts and their budget are per UTC day: judge the whole of the day ``since`` falls
+        # in, so this run sees what earlier runs of that day alerted on.
+        day_start = since - since % DAY_MS
+        detection = detect(accesses, context, excluded=_excluded(stored), report_from=day_start)
     chosen, daily = alerted_days(
         detection, budget=budget, earlier=_earlier_alerts(detection, stored)
     )

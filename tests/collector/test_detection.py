@@ -207,7 +207,14 @@ def test_hourly_runs_never_raise_more_than_the_days_budget(sqlite_store, make):
         ],
     )
 
-    afternoon = detect_day10(sqlite_store, budget=0.001)
+    afternoon = run_detection(  # the timer's run at 18:00: since 06:00, after mallory's read
+        sqlite_store,
+        POLICY,
+        since=day10 + 6 * HOUR,
+        until=day10 + 18 * HOUR,
+        now=day10 + 18 * HOUR,
+        budget=0.001,
+    )
 
     risk = {r.entity: r.score for r in afternoon.detection.risks}
     assert risk["r2"] > risk["mallory"]  # r2 would take the slot if it were free
