@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TARGETS = {
     "canary_touch": ("same_day", 1.0),
@@ -136,9 +137,10 @@ def keep_grants(collector: Path, labels: dict[str, object]) -> None:
     from collector.store import open_store  # noqa: PLC0415
     from policies import Grant  # noqa: PLC0415
 
+    grants: list[dict[str, Any]] = labels.get("grants") or []  # type: ignore[assignment]
     store = open_store(load_settings(collector).db)
     try:
-        for index, item in enumerate(labels.get("grants") or []):  # type: ignore[attr-defined]
+        for index, item in enumerate(grants):
             store.add_grant(
                 Grant(
                     id=item.get("id") or f"label-grant-{index}",
@@ -172,24 +174,10 @@ def store_path(
     keep_grants(collector, labels)
     if hourly_h is not None:
         shutil.copytree(collector, directory / "collector-hourly")
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["start"]) / 1000))  # type: ignore[call-overload]
-    until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(labels["end"]) / 1000 + 1))  # type: ignore[call-overload]
     started = time.perf_counter()
-    out = weightwarden(
-        "detect",
-        "--dir",
-        collector,
-        "--policy",
-        policy,
-        "--since",
-        since,
-        "--until",
-        until,
-        "--format",
-        "json",
-    )
+    start, end = int(str(labels["start"])), int(str(labels["end"]))
+    result = detect(collector, policy, since=start, until=end + 1000)
     detected = time.perf_counter() - started
-    result = json.loads(out.stdout)
     print(
         f"store path: import {imported:.1f} s; detect over {result['events']:,} stored events "
         f"{detected:.1f} s end to end = {result['events'] / detected:,.0f} events/s; "
@@ -209,11 +197,22 @@ def iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
 
 
+def detect(collector: Path, policy: Path, *, since: int, until: int) -> dict[str, Any]:
+    """``weightwarden detect --format json`` over ``[since, until)`` (ms), its answer."""
+    out = weightwarden(
+        "detect",
+        *("--dir", collector, "--policy", policy, "--since", iso(since), "--until", iso(until)),
+        *("--format", "json"),
+    )
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
 def hourly(
     collector: Path, labels: dict[str, object], policy: Path, step_h: int, days: int
 ) -> None:
     """Run ``detect`` as the hourly timer would over the last days; count each day's alerts."""
-    end = int(labels["end"]) + 1  # type: ignore[call-overload]
+    end = int(str(labels["end"])) + 1
     first_day = end // _DAY_MS - days + 1
     budget = 0
     runs = 0
@@ -222,20 +221,7 @@ def hourly(
         first_day * _DAY_MS + step_h * _HOUR_MS, end + step_h * _HOUR_MS, step_h * _HOUR_MS
     ):
         until = min(now, end)
-        out = weightwarden(
-            "detect",
-            "--dir",
-            collector,
-            "--policy",
-            policy,
-            "--since",
-            iso(until - _DAY_MS),
-            "--until",
-            iso(until),
-            "--format",
-            "json",
-        )
-        budget = json.loads(out.stdout)["daily_budget"]
+        budget = detect(collector, policy, since=until - _DAY_MS, until=until)["daily_budget"]
         runs += 1
     listed = weightwarden("alerts", "list", "--dir", collector, "--format", "ocsf").stdout
     per_day: dict[int, list[int]] = {}

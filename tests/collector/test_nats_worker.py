@@ -759,19 +759,17 @@ def test_a_locked_database_is_retried_until_the_batch_is_stored(bench: Bench) ->
 
 
 @pytest.mark.slow
-def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
-    bench: Bench, tmp_path: Path, ww_argv: list[str]
-) -> None:
-    """`collector nats-worker` SIGKILLed holding unacknowledged batches: others store them once."""
-    store, names = bench.store, bench.names
-    agent = bench.agent()
-    batches = agent.batches(20, 10)
-    log_path = tmp_path / "worker.log"
+@contextlib.contextmanager
+def worker_process(
+    bench: Bench, ww_argv: list[str], log_path: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`collector nats-worker` on the bench's stream, consuming when yielded, killed after."""
+    names = bench.names
     argv = [
         *ww_argv,
         *("collector", "nats-worker", "--servers", NATS_URL, "--stream", names.stream),
         *("--durable", names.durable, "--subject-prefix", names.prefix, "--db", bench.target),
-        *("--ack-wait", "2", "--batch", "5"),
+        *options,
     ]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
@@ -779,11 +777,27 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
 
         def consuming() -> bool:
             assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # no stream until the worker makes it
                 return consumer(bench.js, names) is not None
             return False
 
         wait_for(consuming, "the worker process to create the consumer")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
+    bench: Bench, tmp_path: Path, ww_argv: list[str]
+) -> None:
+    """`collector nats-worker` SIGKILLed holding unacknowledged batches: others store them once."""
+    store, names = bench.store, bench.names
+    agent = bench.agent()
+    batches = agent.batches(20, 10)
+    options = ("--ack-wait", "2", "--batch", "5")
+    with worker_process(bench, ww_argv, tmp_path / "worker.log", *options) as proc:
         for body in batches[:10]:
             bench.publish(agent, body)
         wait_for(lambda: len(seqs(store, agent.agent_id)) == 100, "the first half stored")
@@ -802,10 +816,6 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
     workers = [bench.start(bench.open_store(bench.target)) for _ in range(2)]
     wait_for(lambda: len(seqs(store, agent.agent_id)) == 200, "the redelivered batches stored")
@@ -823,37 +833,17 @@ def test_the_worker_command_stops_on_sigterm_storing_what_it_took_and_exits_0(
     bench: Bench, tmp_path: Path, ww_argv: list[str]
 ) -> None:
     """`collector nats-worker` given SIGTERM twice, as systemd and a parent's death may: exit 0."""
-    store, names = bench.store, bench.names
     agent = bench.agent()
     log_path = tmp_path / "worker.log"
-    argv = [
-        *ww_argv,
-        *("collector", "nats-worker", "--servers", NATS_URL, "--stream", names.stream),
-        *("--durable", names.durable, "--subject-prefix", names.prefix, "--db", bench.target),
-    ]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-
-        def consuming() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(Exception):  # no stream until the worker makes it
-                return consumer(bench.js, names) is not None
-            return False
-
-        wait_for(consuming, "the worker to consume")
+    with worker_process(bench, ww_argv, log_path) as proc:
         for body in agent.batches(3, 10):
             bench.publish(agent, body)
-        wait_for(lambda: len(seqs(store, agent.agent_id)) == 30, "the batches stored")
+        wait_for(lambda: len(seqs(bench.store, agent.agent_id)) == 30, "the batches stored")
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     assert "SIGTERM" in log_path.read_text()
-    assert seqs(store, agent.agent_id) == list(range(1, 31))
+    assert seqs(bench.store, agent.agent_id) == list(range(1, 31))
 
 
 # -- stream, consumer, start ----------------------------------------------------------------

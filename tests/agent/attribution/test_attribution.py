@@ -129,46 +129,47 @@ def test_exited_process_missing_from_cache_is_unknown() -> None:
     assert "no entry" in attribution.reason
 
 
-def test_exited_process_is_attributed_from_its_cached_snapshot(
+def _sleeping(
     spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
-) -> None:
-    """A snapshot taken while the process lived attributes it after exit: FROM_CACHE."""
+) -> subprocess.Popen[bytes]:
+    """A ``sleep 60`` child that has exec'd."""
     child = subprocess.Popen(["sleep", "60"])
     spawn.append(child)
     wait_exec(child.pid, "sleep")
+    return child
+
+
+def _end(child: subprocess.Popen[bytes], *, reap: bool) -> None:
+    """Kill ``child``: reaped (gone from /proc), or left a zombie (exe and cmdline gone)."""
+    child.kill()
+    if reap:
+        child.wait()
+        return
+    deadline = time.monotonic() + 10
+    while read_process(child.pid, with_parents=False).state != "Z":
+        assert time.monotonic() < deadline, "child did not become a zombie"
+        time.sleep(0.01)
+
+
+SLEEP = os.path.realpath(shutil.which("sleep") or "sleep")
+
+
+@pytest.mark.parametrize("reap", [True, False], ids=["reaped", "zombie"])
+def test_exited_process_is_attributed_from_its_cached_snapshot(
+    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None], reap: bool
+) -> None:
+    """A snapshot taken while the process lived attributes it after exit: FROM_CACHE."""
+    child = _sleeping(spawn, wait_exec)
     cache = ExecCache()
     _snapshot_into(cache, read_process(child.pid))
-    child.kill()
-    child.wait()
+    _end(child, reap=reap)
     cache.mark_exited(child.pid, time.monotonic())
 
     attribution = Attributor(cache=cache).attribute(child.pid, time.monotonic())
 
     assert attribution.quality is AttributionQuality.FROM_CACHE
     assert attribution.process is not None
-    assert attribution.process.cmdline == ("sleep", "60")
-
-
-def test_zombie_is_attributed_from_the_snapshot_of_the_same_process(
-    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
-) -> None:
-    """An exited, unreaped child has lost its exe; the cached snapshot supplies it."""
-    child = subprocess.Popen(["sleep", "60"])
-    spawn.append(child)
-    wait_exec(child.pid, "sleep")
-    cache = ExecCache()
-    _snapshot_into(cache, read_process(child.pid))
-    child.kill()
-    deadline = time.monotonic() + 10
-    while read_process(child.pid, with_parents=False).state != "Z":
-        assert time.monotonic() < deadline, "child did not become a zombie"
-        time.sleep(0.01)
-
-    attribution = Attributor(cache=cache).attribute(child.pid, time.monotonic())
-
-    assert attribution.quality is AttributionQuality.FROM_CACHE
-    assert attribution.process is not None
-    assert attribution.process.exe == os.path.realpath(shutil.which("sleep") or "sleep")
+    assert (attribution.process.exe, attribution.process.cmdline) == (SLEEP, ("sleep", "60"))
 
 
 def _late_snapshot(
@@ -185,16 +186,14 @@ def _late_snapshot(
     return await_exit
 
 
-def test_exited_process_waits_for_the_trailing_exec_snapshot(
-    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
+@pytest.mark.parametrize("reap", [True, False], ids=["gone-before-the-read", "gone-mid-read"])
+def test_a_gone_process_waits_for_the_watchers_trailing_snapshot(
+    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None], reap: bool
 ) -> None:
-    """Gone before its event is read, with the cache not yet told: wait for it, then FROM_CACHE."""
-    child = subprocess.Popen(["sleep", "60"])
-    spawn.append(child)
-    wait_exec(child.pid, "sleep")
+    """Gone (reaped, or a zombie whose exe is gone) before the cache was told: wait, FROM_CACHE."""
+    child = _sleeping(spawn, wait_exec)
     snapshot = read_process(child.pid)
-    child.kill()
-    child.wait()
+    _end(child, reap=reap)
     cache = ExecCache()
     asked: list[int] = []
 
@@ -205,42 +204,14 @@ def test_exited_process_waits_for_the_trailing_exec_snapshot(
     assert asked == [child.pid]
     assert attribution.quality is AttributionQuality.FROM_CACHE
     assert attribution.process is not None
-    assert attribution.process.cmdline == ("sleep", "60")
-
-
-def test_process_vanishing_mid_read_waits_for_the_trailing_exec_snapshot(
-    spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
-) -> None:
-    """A zombie (exe gone) with the cache not yet told: wait for the snapshot, not PARTIAL."""
-    child = subprocess.Popen(["sleep", "60"])
-    spawn.append(child)
-    wait_exec(child.pid, "sleep")
-    snapshot = read_process(child.pid)
-    child.kill()
-    deadline = time.monotonic() + 10
-    while read_process(child.pid, with_parents=False).state != "Z":
-        assert time.monotonic() < deadline, "child did not become a zombie"
-        time.sleep(0.01)
-    cache = ExecCache()
-    asked: list[int] = []
-
-    attribution = Attributor(
-        cache=cache, await_exit=_late_snapshot(cache, snapshot, asked)
-    ).attribute(child.pid, time.monotonic())
-
-    assert asked == [child.pid]
-    assert attribution.quality is AttributionQuality.FROM_CACHE
-    assert attribution.process is not None
-    assert attribution.process.exe == os.path.realpath(shutil.which("sleep") or "sleep")
+    assert (attribution.process.exe, attribution.process.cmdline) == (SLEEP, ("sleep", "60"))
 
 
 def test_a_live_process_is_not_kept_waiting_for_its_exit(
     spawn: list[subprocess.Popen[bytes]], wait_exec: Callable[[int, str], None]
 ) -> None:
     """``await_exit`` is only for gone processes: a running one is read at once."""
-    child = subprocess.Popen(["sleep", "60"])
-    spawn.append(child)
-    wait_exec(child.pid, "sleep")
+    child = _sleeping(spawn, wait_exec)
     asked: list[int] = []
 
     attribution = Attributor(
@@ -256,9 +227,7 @@ def test_live_process_started_after_the_event_is_not_blamed(
 ) -> None:
     """If the pid's current process started after the event, it is a reused pid: no FULL."""
     event_time = time.monotonic() - 3600  # an event read long before this process existed
-    child = subprocess.Popen(["sleep", "60"])
-    spawn.append(child)
-    wait_exec(child.pid, "sleep")
+    child = _sleeping(spawn, wait_exec)
 
     attribution = Attributor(cache=ExecCache()).attribute(child.pid, event_time)
 
