@@ -53,7 +53,10 @@ def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (PrintLogger's print() makes two: the line, then its newline).
+        # Unbuffered (PYTHONUNBUFFERED=1) each is a syscall of its own, and the collector's
+        # worker processes, which share stderr, split each other's lines between the two.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 
