@@ -161,7 +161,7 @@ def _alert_id(entity: str, day: int) -> str:
     return "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _earlier_alerts(detection: Detection, stored: Iterable[Alert]) -> dict[tuple[str, int], str]:
+def _earlier_alerts(detection: Detection, by_id: Mapping[str, Alert]) -> dict[tuple[str, int], str]:
     """(entity, day) to leading rule of the stored alerts on the run's entities' recent days.
 
     Covers the period's days and the :data:`~detectors.risk.REPEAT_DAYS` before, so an
@@ -169,7 +169,6 @@ def _earlier_alerts(detection: Detection, stored: Iterable[Alert]) -> dict[tuple
     """
     if not detection.risks:
         return {}
-    by_id = {alert.id: alert for alert in stored}
     days = [risk.day for risk in detection.risks]
     span = range(min(days) - REPEAT_DAYS, max(days) + 1)
     earlier = {}
@@ -262,6 +261,7 @@ def run_detection(
         suppressions=tuple(store.suppressions() if suppressions is None else suppressions),
     )
     stored = store.alerts()
+    known = {alert.id: alert for alert in stored}
     with paused_gc():
         accesses = accesses_from_lines(store.payloads(since=since - HISTORY, until=until))
         # Alerts and their budget are per UTC day: judge the whole of the day ``since`` falls
@@ -269,7 +269,7 @@ def run_detection(
         day_start = since - since % DAY_MS
         detection = detect(accesses, context, excluded=_excluded(stored), report_from=day_start)
     chosen, daily = alerted_days(
-        detection, budget=budget, earlier=_earlier_alerts(detection, stored)
+        detection, budget=budget, earlier=_earlier_alerts(detection, known)
     )
     raised = [(risk, alert_for(risk, now=now)) for risk in chosen]
     ours = {alert.id for _, alert in raised}
@@ -277,7 +277,6 @@ def run_detection(
     kept = [(risk, alert) for risk, alert in raised if not cited.issuperset(risk.evidence)]
     fresh = [risk for risk, _ in kept]
     alerts = [alert for _, alert in kept]
-    known = {alert.id: alert for alert in stored}
     grown = [alert for alert in alerts if (old := known.get(alert.id)) and _grew(old, alert)]
     store.add_alerts(alerts)
     return DetectionRun(
